@@ -1,0 +1,7 @@
+"""`python -m imagegen`."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,243 @@
+"""The command line: a thin Typer layer that builds a Request, calls the core once and renders the result."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from .errors import ImagegenError
+from .families import cfg_help_text
+
+app = typer.Typer(
+    name="imagegen",
+    help="Generate images with diffusers pipelines: presets, schedulers by any name, reproducible metadata.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+presets_app = typer.Typer(help="List and show presets.", no_args_is_help=True)
+app.add_typer(presets_app, name="presets")
+
+# ---- options shared by every generating command (None means "not given": lower layers decide)
+
+Negative = Annotated[Optional[str], typer.Option("--negative", help="Negative prompt (acts through CFG).")]
+Seed = Annotated[Optional[str], typer.Option("--seed", metavar="INT", help="First seed; image i gets seed+i. Default: random, printed and recorded.")]
+Steps = Annotated[Optional[str], typer.Option("--steps", metavar="INT", help="Denoising steps.")]
+Cfg = Annotated[Optional[str], typer.Option("--cfg", metavar="FLOAT", help="Classifier-free guidance scale. " + cfg_help_text() + ".")]
+Guidance = Annotated[Optional[str], typer.Option("--guidance", metavar="FLOAT", help="Flux-dev's distilled guidance embedding (not CFG; schnell ignores it).")]
+Size = Annotated[Optional[str], typer.Option("--size", metavar="WxH", help="Image size, e.g. 1024x768; a multiple of the model's VAE scale x patch size.")]
+Scheduler = Annotated[Optional[str], typer.Option("--scheduler", "-s", help="Scheduler by A1111 ('DPM++ 2M Karras'), ComfyUI ('dpmpp_2m karras'), slug or diffusers class name; see `imagegen schedulers`.")]
+Count = Annotated[Optional[str], typer.Option("-n", "--n", metavar="INT", help="Number of images.")]
+BatchSize = Annotated[Optional[str], typer.Option("--batch-size", metavar="INT", help="Images per pipeline call (results do not depend on it).")]
+Preset = Annotated[Optional[str], typer.Option("--preset", "-p", help="Preset name or .toml path; see `imagegen presets list`. Default: sdxl.")]
+Model = Annotated[Optional[str], typer.Option("--model", "-m", help="A diffusers folder or hub repo id (overrides the preset's model).")]
+Revision = Annotated[Optional[str], typer.Option("--revision", help="Hub revision (branch, tag or commit).")]
+Variant = Annotated[Optional[str], typer.Option("--variant", help="Weight variant, e.g. fp16.")]
+Dtype = Annotated[Optional[str], typer.Option("--dtype", help="auto (fp16/bf16 on GPU, fp32 on CPU), float16, bfloat16, float32.")]
+Device = Annotated[Optional[str], typer.Option("--device", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps.")]
+Out = Annotated[Optional[str], typer.Option("--out", "-o", help="Output folder. Default: ./outputs")]
+Name = Annotated[Optional[str], typer.Option("--name", help="File-name template; placeholders {index} {seed} {prompt} {preset} {scheduler} {steps} {cfg} {width} {height} {model} {date}. Default: {index:04d}-{seed}")]
+Metadata = Annotated[Optional[str], typer.Option("--metadata", help="full (PNG chunks + JSON sidecar) or none (privacy).")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or notes on stderr.")]
+Json = Annotated[bool, typer.Option("--json", help="Print one JSON result on stdout.")]
+Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")]
+
+
+def _flags(**values) -> "Request":
+    from .request import Request
+
+    return Request.from_mapping({k: v for k, v in values.items() if v is not None}, where=None)
+
+
+def _progress(quiet: bool):
+    from .progress import NullProgress, RichProgress
+
+    return NullProgress() if quiet else RichProgress()
+
+
+def _emit(result, as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(result.to_json()) + "\n")
+
+
+@app.command()
+def txt2img(
+    prompt: Annotated[str, typer.Argument(help="What to draw.")],
+    negative: Negative = None, seed: Seed = None, steps: Steps = None, cfg: Cfg = None, guidance: Guidance = None,
+    size: Size = None, scheduler: Scheduler = None, n: Count = None, batch_size: BatchSize = None,
+    preset: Preset = None, model: Model = None, revision: Revision = None, variant: Variant = None,
+    dtype: Dtype = None, device: Device = None, out: Out = None, name: Name = None, metadata: Metadata = None,
+    quiet: Quiet = False, json_: Json = False, debug: Debug = False,
+) -> None:
+    """Generate images from a text prompt."""
+    from .generate import run
+    from .request import resolve
+
+    flags = _flags(
+        prompt=prompt, negative=negative, seed=seed, steps=steps, cfg=cfg, guidance=guidance, size=size,
+        scheduler=scheduler, n=n, batch_size=batch_size, preset=preset, model=model, revision=revision,
+        variant=variant, dtype=dtype, device=device, out=out, name=name, metadata=metadata,
+    )
+    req = resolve(flags)
+    progress = _progress(quiet)
+    if req.seed_was_random:
+        progress.note(f"random seed {req.seed}")
+    _emit(run(req, progress=progress), json_)
+
+
+@app.command()
+def reproduce(
+    source: Annotated[str, typer.Argument(metavar="FILE", help="An imagegen PNG or its .json sidecar.")],
+    verify: Annotated[bool, typer.Option("--verify", help="Compare with the original; exit 4 if any pixel differs.")] = False,
+    negative: Negative = None, seed: Seed = None, steps: Steps = None, cfg: Cfg = None, guidance: Guidance = None,
+    size: Size = None, scheduler: Scheduler = None, model: Model = None, revision: Revision = None,
+    dtype: Dtype = None, device: Device = None, out: Out = None, name: Name = None, metadata: Metadata = None,
+    quiet: Quiet = False, json_: Json = False, debug: Debug = False,
+) -> None:
+    """Re-run an image's recorded recipe (flags override fields) into a new folder beside it."""
+    from .reproduce import reproduce as do_reproduce
+
+    overrides = _flags(
+        negative=negative, seed=seed, steps=steps, cfg=cfg, guidance=guidance, size=size, scheduler=scheduler,
+        model=model, revision=revision, dtype=dtype, device=device, out=out, name=name, metadata=metadata,
+    )
+    if verify and overrides.given().keys() - {"out", "name", "metadata", "device"}:
+        raise typer.BadParameter("--verify compares with the original: drop the recipe overrides")
+    progress = _progress(quiet)
+    result = do_reproduce(source, verify=verify, overrides=overrides, progress=progress)
+    if result.verification and not quiet:
+        v = result.verification
+        progress.console.print(f"[green]verified[/]: identical pixels (max pixel difference {v.max_pixel_diff})")
+    _emit(result, json_)
+
+
+@presets_app.command("list")
+def presets_list(json_: Json = False, debug: Debug = False) -> None:
+    """List the built-in and user presets."""
+    from .paths import builtin_presets_dir
+    from .presets import list_presets
+
+    presets = list_presets()
+    if json_:
+        sys.stdout.write(json.dumps([_preset_json(p) for p in presets]) + "\n")
+        return
+    builtin = builtin_presets_dir().resolve()
+    rows = []
+    for p in presets:
+        d = p.defaults
+        rows.append([
+            p.name, p.family, p.model, str(d.steps), f"{d.cfg:g}", f"{d.size[0]}x{d.size[1]}", d.scheduler,
+            "built-in" if p.source.resolve().parent == builtin else str(p.source),
+        ])
+    _print_table(["preset", "family", "model", "steps", "cfg", "size", "scheduler", "source"], rows)
+
+
+@presets_app.command("show")
+def presets_show(name: Annotated[str, typer.Argument(help="Preset name or .toml path.")], json_: Json = False,
+                 debug: Debug = False) -> None:
+    """Show one preset: its model, defaults and allowed schedulers."""
+    from .presets import load_preset
+
+    preset = load_preset(name)
+    data = _preset_json(preset)
+    if json_:
+        sys.stdout.write(json.dumps(data) + "\n")
+        return
+    for key, value in data.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items())
+        elif isinstance(value, list):
+            value = ", ".join(value) or "(every sampler of the family)"
+        sys.stdout.write(f"{key:12} {value}\n")
+
+
+def _preset_json(p) -> dict:
+    from .schedulers import SAMPLERS
+
+    d = p.defaults.given()
+    d["size"] = f"{d['size'][0]}x{d['size'][1]}"
+    return {
+        "name": p.name, "family": p.family, "model": p.model, "revision": p.revision, "variant": p.variant,
+        "dtype": p.dtype, "description": p.description, "defaults": d,
+        "schedulers": [SAMPLERS[s].a1111 for s in p.schedulers], "source": str(p.source),
+    }
+
+
+@app.command()
+def schedulers(
+    preset: Annotated[Optional[str], typer.Option("--preset", "-p", help="Only what works with this preset.")] = None,
+    family: Annotated[Optional[str], typer.Option("--family", help="Only what works with this family (sdxl, sd3, flux).")] = None,
+    json_: Json = False, debug: Debug = False,
+) -> None:
+    """The scheduler table: every name in A1111, ComfyUI, slug and diffusers spellings, and where it works."""
+    from .families import get_family
+    from .schedulers import scheduler_table
+
+    allowed = None
+    if preset:
+        from .presets import load_preset
+
+        p = load_preset(preset)
+        family, allowed = p.family, set(p.schedulers)
+    if family:
+        family = get_family(family, where="--family").name
+    rows = scheduler_table(family)
+    if allowed:
+        rows = [r for r in rows if r["sampler"] in allowed]
+    if json_:
+        sys.stdout.write(json.dumps(rows) + "\n")
+        return
+    _print_table(
+        ["A1111 name", "ComfyUI", "slug", "diffusers class and kwargs", "families"],
+        [[r["name"], r["comfyui"], r["slug"], r["diffusers"], ", ".join(r["families"])] for r in rows],
+    )
+
+
+def _print_table(headers: list[str], rows: list[list[str]]) -> None:
+    """A Rich table on a terminal; plain aligned columns when piped, so grep and cut see whole values."""
+    if sys.stdout.isatty():
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(*headers)
+        for row in rows:
+            table.add_row(*row)
+        Console().print(table)
+        return
+    widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows)]
+    for row in [headers, *rows]:
+        sys.stdout.write("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip() + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The entry point and the one error boundary: our errors become one line and an exit code."""
+    import click
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("IMAGEGEN_DEBUG") == "1"
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=argv, prog_name="imagegen", standalone_mode=False)
+    except ImagegenError as exc:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        sys.stderr.write(f"imagegen: error: {exc}\n")
+        return exc.exit_code
+    except click.ClickException as exc:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        sys.stderr.write(f"imagegen: error: {exc.format_message()}\n")
+        return exc.exit_code
+    except (click.Abort, KeyboardInterrupt):
+        sys.stderr.write("imagegen: interrupted\n")
+        return 130
+    return code if isinstance(code, int) else 0

@@ -1,0 +1,37 @@
+"""The project's two exception kinds; the CLI's error boundary turns them into one line and an exit code."""
+
+from __future__ import annotations
+
+
+class ImagegenError(Exception):
+    """Base of imagegen's own errors: a one-line message meant for the user."""
+
+    exit_code = 1
+
+
+class UsageError(ImagegenError):
+    """Bad input from the user (flag, preset, file, value): shown as one line, exit code 2."""
+
+    exit_code = 2
+
+
+class RunError(ImagegenError):
+    """The request was valid but could not be carried out (model missing, out of memory): exit code 1."""
+
+    exit_code = 1
+
+
+class VerifyError(ImagegenError):
+    """`reproduce --verify` found a different image: exit code 4."""
+
+    exit_code = 4
+
+
+def closest(name: str, choices) -> str:
+    """A ' (did you mean X?)' suffix for the closest choice, or ''."""
+    import difflib
+
+    choices = list(choices)
+    lowered = {c.lower(): c for c in choices}
+    match = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.6)
+    return f" (did you mean {lowered[match[0]]!r}?)" if match else ""

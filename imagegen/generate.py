@@ -1,0 +1,223 @@
+"""The core of every command: run a resolved request through its pipeline and write each image with its recipe."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from .metadata import a1111_parameters, build_record, versions
+from .output import check_template, next_index, pixels_sha256, render_name, slug, write_image
+from .progress import NullProgress, Progress
+from .request import Request, ResolvedRequest, resolve
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """One generated image: where it went, its seed, hashes and the recipe written with it."""
+
+    index: int
+    seed: int
+    path: Path | None
+    sidecar: Path | None
+    sha256: str | None  # of the PNG file
+    pixels_sha256: str
+    record: dict
+    image: Any = None  # the PIL image, kept only when nothing was written
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """What one run made, and how long each part took."""
+
+    request: ResolvedRequest
+    images: tuple[ImageResult, ...]
+    model: str
+    revision: str | None
+    device: str
+    dtype: str
+    pipeline_class: str
+    timings: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        """The machine-readable result `--json` prints."""
+        return {
+            "images": [
+                {
+                    "path": str(i.path) if i.path else None,
+                    "sidecar": str(i.sidecar) if i.sidecar else None,
+                    "seed": i.seed,
+                    "sha256": i.sha256,
+                    "pixels_sha256": i.pixels_sha256,
+                }
+                for i in self.images
+            ],
+            "seeds": [i.seed for i in self.images],
+            "model": self.model,
+            "revision": self.revision,
+            "preset": self.request.preset,
+            "scheduler": self.request.scheduler,
+            "device": self.device,
+            "dtype": self.dtype,
+            "timings": {k: round(v, 4) for k, v in self.timings.items()},
+        }
+
+
+def generate(prompt: str | None = None, *, progress: Progress | None = None, save: bool = True,
+             **fields: Any) -> GenerationResult:
+    """Generate images: `imagegen.generate("a fox", preset="sdxl", seed=1, n=2)`; fields as in the CLI flags."""
+    flags = Request.from_mapping({"prompt": prompt, **fields}, where="generate()")
+    return run(resolve(flags), progress=progress, save=save)
+
+
+def run(req: ResolvedRequest, *, progress: Progress | None = None, save: bool = True) -> GenerationResult:
+    """Load (or reuse) the model, generate req.n images in micro-batches, and write each as soon as it exists."""
+    from .models import load_model, resolve_device, resolve_dtype
+    from .presets import load_preset
+    from .schedulers import build_scheduler, resolve_scheduler
+
+    progress = progress or NullProgress()
+    check_template(req.name)
+    for note in req.notes:
+        progress.note(note)
+    device = resolve_device(req.device)
+    dtype = resolve_dtype(req.dtype, device, load_preset(req.preset).dtype)
+    choice = resolve_scheduler(req.scheduler, req.family)
+
+    started = time.perf_counter()
+    with progress.loading(req.model):
+        loaded = load_model(
+            req.model, family=req.family, revision=req.revision, variant=req.variant, dtype=dtype, device=device
+        )
+    load_s = time.perf_counter() - started
+    pipe = loaded.pipe
+    pipe.scheduler = build_scheduler(choice, loaded.native_scheduler)
+    lib_versions = versions()
+
+    out_dir = Path(req.out).expanduser()
+    first_index = next_index(out_dir) if save else 0
+    totals = {"load_s": load_s, "denoise_s": 0.0, "decode_s": 0.0, "save_s": 0.0}
+    results: list[ImageResult] = []
+    seeds = req.seeds
+    progress.start(total=req.n, steps=req.steps)
+    for start in range(0, req.n, req.batch_size):
+        batch_seeds = seeds[start : start + req.batch_size]
+        progress.batch(start, len(batch_seeds), batch_seeds)
+        images, call_timings = _call(pipe, req, batch_seeds, progress)
+        totals["denoise_s"] += call_timings["denoise_s"]
+        totals["decode_s"] += call_timings["decode_s"]
+        scheduler_config = dict(pipe.scheduler.config)  # after the call: some schedulers rewrite it in set_timesteps
+        for offset, (image, seed) in enumerate(zip(images, batch_seeds)):
+            index = start + offset
+            record = build_record(
+                req, loaded,
+                seed=seed,
+                scheduler_config=scheduler_config,
+                scheduler_class=type(pipe.scheduler).__name__,
+                timings={"load_s": round(load_s, 4), **{k: round(v, 4) for k, v in call_timings.items()}},
+                batch={"image": index, "n": req.n, "batch_size": len(batch_seeds), "position": offset},
+                lib_versions=lib_versions,
+            )
+            pix = pixels_sha256(image)
+            record["output"] = {"pixels_sha256": pix}
+            path = sidecar = sha = None
+            if save:
+                name = render_name(req.name, _name_values(req, first_index + index, seed))
+                written = write_image(
+                    image, out_dir, name,
+                    parameters=a1111_parameters(record) if req.metadata == "full" else None,
+                    record=record if req.metadata == "full" else None,
+                )
+                path, sidecar, sha = written.png, written.sidecar, written.sha256
+                totals["save_s"] += written.save_s
+            result = ImageResult(
+                index=index, seed=seed, path=path, sidecar=sidecar, sha256=sha, pixels_sha256=pix,
+                record=record, image=None if save else image,
+            )
+            results.append(result)
+            progress.image_done(result)
+    progress.finish()
+    totals["total_s"] = time.perf_counter() - started
+    return GenerationResult(
+        request=req,
+        images=tuple(results),
+        model=loaded.model,
+        revision=loaded.revision,
+        device=loaded.device,
+        dtype=loaded.dtype,
+        pipeline_class=loaded.pipeline_class,
+        timings=totals,
+    )
+
+
+def _name_values(req: ResolvedRequest, index: int, seed: int) -> dict:
+    from .schedulers import resolve_scheduler
+
+    choice = resolve_scheduler(req.scheduler, req.family)
+    return {
+        "index": index,
+        "seed": seed,
+        "prompt": slug(req.prompt),
+        "preset": slug(req.preset),
+        "scheduler": choice.sampler.slug + (f"_{choice.schedule.key}" if choice.schedule else ""),
+        "steps": req.steps,
+        "cfg": f"{req.cfg:g}",
+        "width": req.width,
+        "height": req.height,
+        "model": slug(Path(req.model).name),
+        "date": date.today().strftime("%Y%m%d"),
+    }
+
+
+def call_kwargs(req: ResolvedRequest, count: int) -> dict:
+    """The family-specific pipeline arguments for one micro-batch (CFG means real CFG on every family)."""
+    kwargs = {
+        "prompt": req.prompt,
+        "num_images_per_prompt": count,
+        "num_inference_steps": req.steps,
+        "width": req.width,
+        "height": req.height,
+    }
+    if req.family == "flux":
+        # Flux's guidance_scale is a distilled embedding (ignored by schnell); real CFG is true_cfg_scale.
+        kwargs["true_cfg_scale"] = req.cfg
+        kwargs["negative_prompt"] = req.negative if req.cfg > 1 else None
+        kwargs["guidance_scale"] = req.guidance if req.guidance is not None else 3.5
+    else:
+        kwargs["guidance_scale"] = req.cfg
+        # An empty negative prompt is left to the pipeline's own default (SDXL: zero embeddings).
+        kwargs["negative_prompt"] = req.negative or None
+    return kwargs
+
+
+def _call(pipe, req: ResolvedRequest, seeds: list[int], progress: Progress) -> tuple[list, dict]:
+    """One pipeline call for a micro-batch, one CPU generator per image so each depends only on its own seed."""
+    import torch
+
+    generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+    marks: list[float] = []
+
+    def on_step_end(_pipe, step, _timestep, callback_kwargs):
+        marks.append(time.perf_counter())
+        progress.step(step + 1, req.steps)
+        return callback_kwargs
+
+    start = time.perf_counter()
+    try:
+        output = pipe(
+            **call_kwargs(req, len(seeds)),
+            generator=generators,
+            output_type="pil",
+            callback_on_step_end=on_step_end,
+        )
+    except torch.OutOfMemoryError as exc:
+        from .errors import RunError
+
+        raise RunError(
+            f"out of memory at {req.size} with batch size {len(seeds)}: lower --batch-size or --size"
+        ) from exc
+    end = time.perf_counter()
+    denoise_end = marks[-1] if marks else end
+    return list(output.images), {"denoise_s": denoise_end - start, "decode_s": end - denoise_end}

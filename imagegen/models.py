@@ -1,0 +1,274 @@
+"""Where models are found and loaded: configs read without weights, safe from_pretrained, one-line load errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from .errors import RunError, UsageError
+from .families import FAMILIES, PIPELINE_CLASS_TO_FAMILY
+
+_SHA = re.compile(r"[0-9a-f]{40}")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a model's configs say, read without loading weights (None where they could not be read)."""
+
+    model: str
+    family: str | None = None
+    pipeline_class: str | None = None
+    multiple: int | None = None  # width and height must be multiples of this
+    local: bool = False
+
+
+def _is_local(model: str) -> bool:
+    return model.startswith((".", "/", "~")) or os.path.isdir(os.path.expanduser(model))
+
+
+def _read_json(path: str | Path) -> dict | None:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _config_reader(model: str, revision: str | None):
+    """A function reading a JSON file of the model by relative path, from its folder or the HF cache only."""
+    if _is_local(model):
+        root = Path(model).expanduser()
+        if not root.is_dir():
+            raise UsageError(f"--model {model}: no such folder")
+        if not (root / "model_index.json").is_file():
+            raise UsageError(f"--model {model}: not a diffusers pipeline folder (no model_index.json)")
+        return lambda rel: _read_json(root / rel)
+
+    def read(rel: str) -> dict | None:
+        from huggingface_hub import hf_hub_download
+
+        try:
+            return _read_json(hf_hub_download(model, rel, revision=revision, local_files_only=True))
+        except Exception:  # not cached (yet): loading will fetch it or explain why it cannot
+            return None
+
+    return read
+
+
+@lru_cache(maxsize=16)
+def inspect_model(model: str, revision: str | None = None) -> ModelInfo:
+    """Family and size multiple from model_index.json and the VAE/transformer configs; no weights are read."""
+    read = _config_reader(model, revision)
+    index = read("model_index.json")
+    if index is None:
+        return ModelInfo(model=model, local=_is_local(model))
+    pipeline_class = index.get("_class_name")
+    family = PIPELINE_CLASS_TO_FAMILY.get(pipeline_class)
+    if family is None:
+        where = f"--model {model}"
+        raise UsageError(
+            f"{where}: pipeline {pipeline_class!r} is not supported; imagegen runs "
+            f"{', '.join(sorted({f.pipeline_class for f in FAMILIES.values()}))}"
+        )
+    multiple = None
+    vae = read("vae/config.json")
+    if vae and vae.get("block_out_channels"):
+        multiple = 2 ** (len(vae["block_out_channels"]) - 1)
+        if family == "sd3":
+            transformer = read("transformer/config.json") or {}
+            multiple *= int(transformer.get("patch_size", 2))
+        elif family == "flux":
+            multiple *= 2  # Flux packs latents in 2x2 patches
+    return ModelInfo(model=model, family=family, pipeline_class=pipeline_class, multiple=multiple, local=_is_local(model))
+
+
+# ---- devices and dtypes
+
+
+def resolve_device(device: str) -> str:
+    """'auto' picks cuda > mps > cpu; an explicit device must exist."""
+    import torch
+
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: CUDA is not available on this machine; use --device cpu or auto")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UsageError("--device mps: MPS is not available on this machine; use --device cpu or auto")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str, preset_dtype: str = "auto") -> str:
+    """'auto' is float32 on CPU and the preset's dtype (else float16) on a GPU."""
+    if dtype != "auto":
+        return dtype
+    if device == "cpu":
+        return "float32"
+    if preset_dtype != "auto":
+        return preset_dtype
+    return "bfloat16" if device.startswith("cuda") and _bf16_ok() else "float16"
+
+
+def _bf16_ok() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+# ---- loading
+
+
+@dataclass
+class LoadedModel:
+    """A pipeline on its device, and the facts about it that go into metadata."""
+
+    pipe: object
+    model: str
+    family: str
+    revision: str | None
+    variant: str | None
+    dtype: str
+    device: str
+    pipeline_class: str
+    native_scheduler: dict  # the scheduler config the model shipped with: every swap starts from it
+    load_s: float
+    scheduler_name: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+_LOADED: dict[tuple, LoadedModel] = {}
+
+
+def load_model(model: str, *, family: str, revision: str | None, variant: str | None, dtype: str, device: str) -> LoadedModel:
+    """Load (or reuse) a pipeline with safetensors only, no remote code, and `dtype=`; errors become one line."""
+    key = (model, family, revision, variant, dtype, device)
+    if key in _LOADED:
+        return _LOADED[key]
+    _LOADED.clear()  # one pipeline at a time: a second model would double the memory
+
+    quiet_libraries()
+    import diffusers
+    import torch
+
+    cls = getattr(diffusers, FAMILIES[family].pipeline_class)
+    path = str(Path(model).expanduser()) if _is_local(model) else model
+    start = time.perf_counter()
+    try:
+        pipe = cls.from_pretrained(
+            path,
+            revision=revision,
+            variant=variant,
+            dtype=getattr(torch, dtype),
+            use_safetensors=True,
+        )
+    except Exception as exc:  # diffusers wraps hub errors in OSError/ValueError: explain the cause in one line
+        raise load_error(model, revision, exc) from exc
+    try:
+        pipe.to(device)
+    except torch.OutOfMemoryError as exc:
+        raise RunError(f"{model}: out of memory moving the model to {device} in {dtype}; try a smaller dtype") from exc
+    pipe.set_progress_bar_config(disable=True)
+    load_s = time.perf_counter() - start
+    loaded = LoadedModel(
+        pipe=pipe,
+        model=model,
+        family=family,
+        revision=resolved_revision(model, revision),
+        variant=variant,
+        dtype=dtype,
+        device=device,
+        pipeline_class=type(pipe).__name__,
+        native_scheduler=dict(pipe.scheduler.config),
+        load_s=load_s,
+    )
+    _LOADED[key] = loaded
+    return loaded
+
+
+def quiet_libraries() -> None:
+    """Silence diffusers' and transformers' own bars and warnings: imagegen reports progress and errors itself."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def resolved_revision(model: str, revision: str | None) -> str | None:
+    """The commit sha of a hub model's snapshot in the cache; None for a local folder."""
+    if _is_local(model):
+        return None
+    if revision and _SHA.fullmatch(revision):
+        return revision
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(model, revision=revision, local_files_only=True)).name
+    except Exception:
+        return revision
+
+
+def _causes(exc: BaseException):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def load_error(model: str, revision: str | None, exc: Exception) -> Exception:
+    """Turn a from_pretrained failure into a one-line ImagegenError saying what to do."""
+    from huggingface_hub import errors as hub
+
+    chain = list(_causes(exc))
+    text = " ".join(str(e) for e in chain)
+    at = f"{model}" + (f"@{revision}" if revision else "")
+    if any(isinstance(e, hub.GatedRepoError) for e in chain) or "gated" in text.lower():
+        return RunError(
+            f"{at} is a gated repo: accept its licence at https://huggingface.co/{model} "
+            f"and log in with `hf auth login` (or set HF_TOKEN), then run again"
+        )
+    if any(isinstance(e, hub.RevisionNotFoundError) for e in chain):
+        return UsageError(f"--revision {revision}: {model} has no such revision")
+    if "safetensors" in text and ("Could not find" in text or "use_safetensors" in text):
+        return RunError(
+            f"{at} has no safetensors weights (only pickle .bin files, which can run arbitrary code when loaded); "
+            f"imagegen loads safetensors only: convert it (diffusers' convert scripts or `safetensors` "
+            f"convert) or use a safetensors copy"
+        )
+    if any(isinstance(e, hub.RepositoryNotFoundError) for e in chain):
+        return UsageError(f"--model {model}: no such model on the Hugging Face hub (or it is private: log in)")
+    offline = (
+        any(isinstance(e, (hub.LocalEntryNotFoundError, hub.OfflineModeIsEnabled, ConnectionError)) for e in chain)
+        or "not fully cached" in text
+        or "cached" in text and "offline" in text
+    )
+    if offline and not _is_local(model):
+        return RunError(
+            f"{at} is not in the Hugging Face cache ({_hub_cache()}) and the hub cannot be reached"
+            f"{' (HF_HUB_OFFLINE is set)' if os.environ.get('HF_HUB_OFFLINE') else ''}: download it on a "
+            f"connected machine with `hf download {model}` and copy the cache, or pass --model DIR"
+        )
+    if _is_local(model):
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return RunError(f"--model {model}: cannot load this folder: {first}")
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return RunError(f"{at}: cannot load: {first}")
+
+
+def _hub_cache() -> str:
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)

@@ -1,0 +1,96 @@
+"""`reproduce`: re-run an image's recorded recipe, and with verify, prove the pixels are the same."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UsageError, VerifyError
+from .generate import GenerationResult, run
+from .metadata import read_record, record_to_request
+from .progress import Progress
+from .request import Request, resolve
+
+
+@dataclass(frozen=True)
+class Verification:
+    """How the regenerated image compares with the original."""
+
+    original: Path
+    regenerated: Path | None
+    identical: bool
+    max_pixel_diff: int
+    differing_pixels: int
+
+
+@dataclass(frozen=True)
+class ReproduceResult:
+    generation: GenerationResult
+    verification: Verification | None
+
+    def to_json(self) -> dict:
+        out = self.generation.to_json()
+        if self.verification:
+            v = self.verification
+            out["verify"] = {
+                "original": str(v.original),
+                "identical": v.identical,
+                "max_pixel_diff": v.max_pixel_diff,
+                "differing_pixels": v.differing_pixels,
+            }
+        return out
+
+
+def replay_layer(record: dict, where: str) -> Request:
+    """The recorded recipe as the 'replayed metadata' layer; a preset no longer on this machine falls back to its family's."""
+    from .presets import FAMILY_PRESETS, preset_files
+
+    layer = record_to_request(record, where)
+    if layer.preset and layer.preset not in preset_files():
+        family = record["model"].get("family")
+        layer = Request(**{**layer.given(), "preset": FAMILY_PRESETS.get(family, layer.preset)})
+    return layer
+
+
+def reproduce(source: str | Path, *, verify: bool = False, overrides: Request | None = None,
+              progress: Progress | None = None) -> ReproduceResult:
+    """Re-run the recipe recorded in a PNG or sidecar into a new folder beside it (or overrides.out)."""
+    source = Path(source)
+    record, original = read_record(source)
+    replay = replay_layer(record, str(source))
+    overrides = overrides or Request()
+    if overrides.out is None:
+        overrides = Request(**{**overrides.given(), "out": str(original.parent / f"{original.stem}.reproduced")})
+    if verify and not original.exists():
+        raise UsageError(f"--verify: the original image {original} is missing")
+    req = resolve(overrides, replay)
+    result = run(req, progress=progress)
+    verification = None
+    if verify:
+        verification = compare(original, result.images[0].path)
+        if not verification.identical:
+            raise VerifyError(
+                f"verify failed: {verification.regenerated} differs from {original}: max pixel difference "
+                f"{verification.max_pixel_diff}, {verification.differing_pixels} pixels differ"
+            )
+    return ReproduceResult(generation=result, verification=verification)
+
+
+def compare(original: Path, regenerated: Path) -> Verification:
+    """Max absolute channel difference and count of differing pixels between two images."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(original) as a, Image.open(regenerated) as b:
+        x = np.asarray(a.convert("RGB"), dtype=np.int16)
+        y = np.asarray(b.convert("RGB"), dtype=np.int16)
+    if x.shape != y.shape:
+        return Verification(original, regenerated, False, 255, max(x.shape[0] * x.shape[1], y.shape[0] * y.shape[1]))
+    diff = np.abs(x - y)
+    return Verification(
+        original=original,
+        regenerated=regenerated,
+        identical=bool(diff.max() == 0),
+        max_pixel_diff=int(diff.max()),
+        differing_pixels=int((diff.max(axis=-1) > 0).sum()),
+    )

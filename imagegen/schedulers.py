@@ -1,0 +1,347 @@
+"""Where schedulers are chosen: one registry of sampler names (A1111, ComfyUI, slugs, diffusers classes) per family."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+from .errors import UsageError, closest
+from .families import FAMILIES, get_family
+
+# A sampler is the update rule (Euler, DPM++ 2M, ...); a schedule type is how its noise levels are spaced
+# (Karras, exponential, ...). A1111 writes them together ("DPM++ 2M Karras"), ComfyUI apart ("dpmpp_2m" + "karras").
+# Each sampler has at most one implementation per noise-schedule kind: "eps" for SDXL (epsilon / v prediction) and
+# "flow" for SD3 and Flux. A diffusers class name pins the implementation, so "EulerDiscreteScheduler" on SD3 is
+# refused instead of running silently wrong, while "Euler" on SD3 means its flow-matching Euler.
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A schedule type: how noise levels are spaced."""
+
+    key: str
+    a1111: str
+    comfy: str
+    kwargs: dict = field(default_factory=dict)
+    needs: str | None = None  # an optional module it imports (scipy for beta sigmas)
+
+
+@dataclass(frozen=True)
+class Impl:
+    """A sampler's diffusers implementation for one noise-schedule kind."""
+
+    cls: str
+    kwargs: dict = field(default_factory=dict)
+    schedules: tuple[str, ...] = ()
+    families: tuple[str, ...] = ()  # empty: every family of this kind
+    needs: str | None = None
+    stochastic: bool = False
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """A sampler, its names in every spelling, and its implementation per noise-schedule kind."""
+
+    slug: str
+    a1111: str
+    comfy: str | None
+    eps: Impl | None = None
+    flow: Impl | None = None
+    aliases: tuple[str, ...] = ()
+
+    def impl(self, kind: str) -> Impl | None:
+        return self.eps if kind == "eps" else self.flow
+
+
+_SIGMA_SCHEDULES = ("karras", "exponential", "beta")
+_EPS_SCHEDULES = (*_SIGMA_SCHEDULES, "sgm_uniform")
+
+SCHEDULES: dict[str, Schedule] = {
+    s.key: s
+    for s in (
+        Schedule("karras", "Karras", "karras", {"use_karras_sigmas": True}),
+        Schedule("exponential", "Exponential", "exponential", {"use_exponential_sigmas": True}),
+        Schedule("beta", "Beta", "beta", {"use_beta_sigmas": True}, needs="scipy"),
+        Schedule("sgm_uniform", "SGM Uniform", "sgm_uniform", {"timestep_spacing": "trailing"}),
+    )
+}
+# Names that mean "the sampler's own default spacing".
+_DEFAULT_SCHEDULE_NAMES = ("automatic", "normal", "default", "uniform")
+_SCHEDULE_ALIASES = {"simple": "sgm_uniform", "trailing": "sgm_uniform"}
+
+SAMPLERS: dict[str, Sampler] = {
+    s.slug: s
+    for s in (
+        Sampler(
+            "euler", "Euler", "euler",
+            eps=Impl("EulerDiscreteScheduler", schedules=_EPS_SCHEDULES),
+            flow=Impl("FlowMatchEulerDiscreteScheduler", schedules=_SIGMA_SCHEDULES),
+        ),
+        Sampler(
+            "euler_a", "Euler a", "euler_ancestral",
+            eps=Impl("EulerAncestralDiscreteScheduler", schedules=("sgm_uniform",), stochastic=True),
+            aliases=("euler ancestral",),
+        ),
+        Sampler(
+            "heun", "Heun", "heun",
+            eps=Impl("HeunDiscreteScheduler", schedules=_EPS_SCHEDULES),
+            # Flux passes custom sigmas, which FlowMatchHeun does not accept.
+            flow=Impl("FlowMatchHeunDiscreteScheduler", families=("sd3",)),
+        ),
+        Sampler("dpm2", "DPM2", "dpm_2", eps=Impl("KDPM2DiscreteScheduler", schedules=_EPS_SCHEDULES)),
+        Sampler(
+            "dpm2_a", "DPM2 a", "dpm_2_ancestral",
+            eps=Impl("KDPM2AncestralDiscreteScheduler", schedules=_EPS_SCHEDULES, stochastic=True),
+        ),
+        Sampler("lms", "LMS", "lms", eps=Impl("LMSDiscreteScheduler", schedules=_EPS_SCHEDULES, needs="scipy")),
+        Sampler("ddim", "DDIM", "ddim", eps=Impl("DDIMScheduler", schedules=("sgm_uniform",))),
+        Sampler("ddpm", "DDPM", "ddpm", eps=Impl("DDPMScheduler", schedules=("sgm_uniform",), stochastic=True)),
+        Sampler("plms", "PLMS", None, eps=Impl("PNDMScheduler", schedules=("sgm_uniform",)), aliases=("pndm",)),
+        Sampler(
+            "dpmpp_2m", "DPM++ 2M", "dpmpp_2m",
+            eps=Impl("DPMSolverMultistepScheduler", schedules=_EPS_SCHEDULES),
+            flow=Impl("DPMSolverMultistepScheduler"),
+        ),
+        Sampler(
+            "dpmpp_2m_sde", "DPM++ 2M SDE", "dpmpp_2m_sde",
+            eps=Impl(
+                "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"},
+                schedules=_EPS_SCHEDULES, stochastic=True,
+            ),
+        ),
+        Sampler(
+            "dpmpp_sde", "DPM++ SDE", None,
+            eps=Impl("DPMSolverSinglestepScheduler", schedules=_SIGMA_SCHEDULES),
+            aliases=("dpmpp_2s",),
+        ),
+        Sampler(
+            "unipc", "UniPC", "uni_pc",
+            eps=Impl("UniPCMultistepScheduler", schedules=_EPS_SCHEDULES),
+            flow=Impl("UniPCMultistepScheduler"),
+        ),
+        Sampler(
+            "deis", "DEIS", "deis",
+            eps=Impl("DEISMultistepScheduler", schedules=_EPS_SCHEDULES),
+            flow=Impl("DEISMultistepScheduler"),
+        ),
+    )
+}
+
+# The flags that make a multistep solver integrate a flow-matching model (see flow_kwargs).
+_FLOW_SOLVER_CLASSES = {"DPMSolverMultistepScheduler", "UniPCMultistepScheduler", "DEISMultistepScheduler"}
+
+
+def _kind(family: str) -> str:
+    return "flow" if get_family(family).flow else "eps"
+
+
+def _norm(text: str) -> str:
+    """Fold a spelling to its lookup key: case, spaces, '_', '-', ':' and '+' separators do not matter."""
+    text = text.lower().replace("++", "pp")
+    return re.sub(r"[^a-z0-9]", "", text)
+
+
+@dataclass(frozen=True)
+class SchedulerChoice:
+    """A scheduler resolved for one family: the diffusers class and the kwargs that make it right."""
+
+    sampler: Sampler
+    schedule: Schedule | None
+    family: str
+    cls: str
+    kwargs: dict
+
+    @property
+    def name(self) -> str:
+        """The canonical A1111-style name, e.g. 'DPM++ 2M Karras'."""
+        return self.sampler.a1111 + (f" {self.schedule.a1111}" if self.schedule else "")
+
+    @property
+    def a1111_sampler(self) -> str:
+        return self.sampler.a1111
+
+    @property
+    def a1111_schedule(self) -> str:
+        return self.schedule.a1111 if self.schedule else "Automatic"
+
+
+def _build_index() -> dict[str, tuple[str, str | None, str | None]]:
+    """Every spelling -> (sampler slug, schedule key or None, pinned class or None)."""
+    index: dict[str, tuple[str, str | None, str | None]] = {}
+
+    def add(spelling: str, value: tuple[str, str | None, str | None]) -> None:
+        key = _norm(spelling)
+        if index.get(key, value) != value:
+            raise AssertionError(f"scheduler spelling {spelling!r} is ambiguous")  # a registry bug, caught by tests
+        index[key] = value
+
+    schedule_names = {
+        s.key: {s.key, s.a1111, s.comfy} | {a for a, k in _SCHEDULE_ALIASES.items() if k == s.key}
+        for s in SCHEDULES.values()
+    }
+    for sampler in SAMPLERS.values():
+        names = {sampler.slug, sampler.a1111, *sampler.aliases} | ({sampler.comfy} if sampler.comfy else set())
+        pinned = {impl.cls for impl in (sampler.eps, sampler.flow) if impl}
+        for name in names:
+            add(name, (sampler.slug, None, None))
+            for default in _DEFAULT_SCHEDULE_NAMES:
+                add(f"{name} {default}", (sampler.slug, None, None))
+            for key, spellings in schedule_names.items():
+                for spelling in spellings:
+                    add(f"{name} {spelling}", (sampler.slug, key, None))
+        for cls in pinned:
+            # Several samplers share a class (DPM++ 2M and 2M SDE): the class name alone means the plain one.
+            if _norm(cls) not in index:
+                add(cls, (sampler.slug, None, cls))
+                for key, spellings in schedule_names.items():
+                    for spelling in spellings:
+                        add(f"{cls} {spelling}", (sampler.slug, key, cls))
+    return index
+
+
+_INDEX = _build_index()
+
+
+def scheduler_names(family: str) -> list[str]:
+    """The canonical names of every sampler + schedule combination that works with `family`."""
+    kind = _kind(family)
+    names = []
+    for sampler in SAMPLERS.values():
+        impl = sampler.impl(kind)
+        if impl is None or (impl.families and family not in impl.families):
+            continue
+        names.append(sampler.a1111)
+        names.extend(f"{sampler.a1111} {SCHEDULES[s].a1111}" for s in impl.schedules)
+    return names
+
+
+def _works(family: str) -> str:
+    """What works with `family`, short enough for a one-line error: samplers, then the schedule types they take."""
+    kind = _kind(family)
+    samplers = [
+        s.a1111 for s in SAMPLERS.values()
+        if (impl := s.impl(kind)) and not (impl.families and family not in impl.families)
+    ]
+    schedules = [
+        sch.a1111 for key, sch in SCHEDULES.items()
+        if any((impl := s.impl(kind)) and key in impl.schedules for s in SAMPLERS.values())
+    ]
+    tail = f"; schedule types: {', '.join(schedules)} (`imagegen schedulers` shows which sampler takes which)"
+    return ", ".join(samplers) + (tail if schedules else "")
+
+
+def resolve_scheduler(name: str, family: str, *, where: str = "--scheduler") -> SchedulerChoice:
+    """Resolve any spelling of a scheduler for `family`, or raise a UsageError listing what works with it."""
+    get_family(family)
+    entry = _INDEX.get(_norm(name))
+    works = _works(family)
+    if entry is None:
+        known = sorted({s.a1111 for s in SAMPLERS.values()})
+        raise UsageError(
+            f"{where}: unknown scheduler {name!r}{closest(name, known)}; for {family}: {works}"
+        )
+    slug, schedule_key, pinned = entry
+    sampler = SAMPLERS[slug]
+    kind = _kind(family)
+    impl = sampler.impl(kind)
+    if pinned and (impl is None or impl.cls != pinned):
+        why = (
+            "an epsilon/v-prediction scheduler: on a flow-matching model it runs but draws wrong images"
+            if kind == "flow"
+            else "a flow-matching scheduler: it cannot drive an epsilon/v-prediction model"
+        )
+        raise UsageError(f"{where}: {pinned} is {why}; for {family}: {works}")
+    if impl is None or (impl.families and family not in impl.families):
+        raise UsageError(f"{where}: {sampler.a1111} does not work with {family} models; for {family}: {works}")
+    schedule = SCHEDULES[schedule_key] if schedule_key else None
+    if schedule and schedule.key not in impl.schedules:
+        takes = ", ".join(SCHEDULES[k].a1111 for k in impl.schedules) or "none"
+        raise UsageError(
+            f"{where}: {sampler.a1111} has no {schedule.a1111} schedule type on {family}; "
+            f"it takes: {takes} (or none, for its default spacing)"
+        )
+    for needs in {impl.needs, schedule.needs if schedule else None} - {None}:
+        _require(needs, f"{where}: {sampler.a1111}{' ' + schedule.a1111 if schedule else ''}")
+    kwargs = {**impl.kwargs, **(schedule.kwargs if schedule else {})}
+    return SchedulerChoice(sampler=sampler, schedule=schedule, family=family, cls=impl.cls, kwargs=kwargs)
+
+
+def _require(module: str, what: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise UsageError(f"{what} needs the {module} package: pip install {module}")
+
+
+def flow_kwargs(cls: str, family: str, native_config: dict) -> dict:
+    """The flags that make a multistep solver integrate a flow-matching model exactly like its native scheduler."""
+    if cls not in _FLOW_SOLVER_CLASSES or not get_family(family).flow:
+        return {}
+    shift = float(native_config.get("shift", 1.0))
+    kwargs = {"use_flow_sigmas": True, "prediction_type": "flow_prediction", "flow_shift": shift}
+    if family == "flux":
+        # FluxPipeline always passes `mu` to set_timesteps, and these solvers accept it only with dynamic shifting.
+        # A checkpoint without dynamic shifting (schnell: fixed shift 1.0) gets base_shift == max_shift == ln(shift),
+        # so mu = ln(shift) at every size and the solver's flow_shift = exp(mu) = shift, as its native scheduler.
+        kwargs["use_dynamic_shifting"] = True
+        kwargs["time_shift_type"] = "exponential"
+        if not native_config.get("use_dynamic_shifting", False):
+            kwargs["base_shift"] = kwargs["max_shift"] = math.log(shift)
+        else:
+            for key in ("base_shift", "max_shift", "base_image_seq_len", "max_image_seq_len"):
+                if key in native_config:
+                    kwargs[key] = native_config[key]
+    return kwargs
+
+
+def build_scheduler(choice: SchedulerChoice, native_config: dict):
+    """Instantiate the chosen scheduler from the model's own scheduler config (imports diffusers)."""
+    import diffusers
+
+    cls = getattr(diffusers, choice.cls)
+    # Through the config dict, not kwargs: keys a class does not take (Flux's base_shift, read by the pipeline
+    # from scheduler.config) are then kept in its config instead of being dropped.
+    config = {**native_config, **flow_kwargs(choice.cls, choice.family, native_config), **choice.kwargs}
+    return cls.from_config(config)
+
+
+def scheduler_table(family: str | None = None) -> list[dict]:
+    """Rows for `imagegen schedulers`: every name, its spellings, class, kwargs and the families it works with."""
+    rows = []
+    families = [family] if family else list(FAMILIES)
+    for sampler in SAMPLERS.values():
+        for schedule_key in (None, *SCHEDULES):
+            works = []
+            cls_by_kind = {}
+            for fam in families:
+                impl = sampler.impl(_kind(fam))
+                if impl is None or (impl.families and fam not in impl.families):
+                    continue
+                if schedule_key and schedule_key not in impl.schedules:
+                    continue
+                works.append(fam)
+                kwargs = {**impl.kwargs, **(SCHEDULES[schedule_key].kwargs if schedule_key else {})}
+                if impl.cls in _FLOW_SOLVER_CLASSES and get_family(fam).flow:
+                    kwargs["flow"] = "use_flow_sigmas, flow_prediction, flow_shift=<model shift>" + (
+                        ", dynamic shifting" if fam == "flux" else ""
+                    )
+                cls_by_kind[impl.cls] = kwargs
+            if not works:
+                continue
+            schedule = SCHEDULES[schedule_key] if schedule_key else None
+            comfy = sampler.comfy + (f" + {schedule.comfy}" if schedule else "") if sampler.comfy else "-"
+            rows.append(
+                {
+                    "name": sampler.a1111 + (f" {schedule.a1111}" if schedule else ""),
+                    "sampler": sampler.slug,
+                    "comfyui": comfy,
+                    "slug": sampler.slug + (f"_{schedule.key}" if schedule else ""),
+                    "diffusers": "; ".join(
+                        cls + "".join(f" +{v}" if k == "flow" else f" {k}={v!r}" for k, v in kw.items())
+                        for cls, kw in cls_by_kind.items()
+                    ),
+                    "families": works,
+                }
+            )
+    return rows

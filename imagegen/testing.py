@@ -1,0 +1,352 @@
+"""Tiny random-weight diffusers pipelines for tests and benchmarks, built offline."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["build_tiny_flux", "build_tiny_sd3", "build_tiny_sdxl"]
+
+# Size rules for the tiny pipelines (all three VAEs have 4 blocks, so vae_scale_factor = 2 ** 3 = 8, as in
+# the real models):
+#   SDXL: height/width must be a multiple of 8 (vae_scale_factor); the UNet has 2 levels, so the latent side
+#         must also be even -> use multiples of 16 to be safe. Default size 64x64 (unet sample_size 8 * 8).
+#   SD3:  multiple of 16 (vae_scale_factor 8 * transformer patch_size 2); the pipeline raises otherwise.
+#         Max side 1024 (pos_embed_max_size 64 * patch 2 * 8). Default size 64x64 (sample_size 8 * 8).
+#   Flux: multiple of 16 (vae_scale_factor 8 * 2 for the 2x2 latent packing); the pipeline only warns and
+#         rounds down otherwise. Its default size is hard-coded to 128 * 8 = 1024: always pass height/width.
+# Text sequence lengths are the real ones (CLIP 77; T5 256 for SD3, 512 for Flux by default); pass a smaller
+# max_sequence_length to go faster.
+
+_SDXL_SCHEDULER_CONFIG: dict[str, Any] = {
+    # stabilityai/stable-diffusion-xl-base-1.0 scheduler/scheduler_config.json. The keys EulerDiscrete does not
+    # take (clip_sample, set_alpha_to_one, skip_prk_steps, sample_max_value) are kept as hidden config entries,
+    # exactly as when the real folder is loaded, so DDIM / PNDM built with from_config see the real values.
+    "_class_name": "EulerDiscreteScheduler",
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "clip_sample": False,
+    "interpolation_type": "linear",
+    "num_train_timesteps": 1000,
+    "prediction_type": "epsilon",
+    "sample_max_value": 1.0,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+    "trained_betas": None,
+    "use_karras_sigmas": False,
+}
+
+# stabilityai/stable-diffusion-3-medium-diffusers scheduler config.
+_SD3_SCHEDULER_CONFIG: dict[str, Any] = {"num_train_timesteps": 1000, "shift": 3.0}
+
+# black-forest-labs/FLUX.1-schnell (static shift 1.0) and FLUX.1-dev (dynamic shifting) scheduler configs.
+_FLUX_SCHNELL_SCHEDULER_CONFIG: dict[str, Any] = {
+    "base_image_seq_len": 256,
+    "base_shift": 0.5,
+    "max_image_seq_len": 4096,
+    "max_shift": 1.15,
+    "num_train_timesteps": 1000,
+    "shift": 1.0,
+    "use_dynamic_shifting": False,
+}
+_FLUX_DEV_SCHEDULER_CONFIG: dict[str, Any] = {**_FLUX_SCHNELL_SCHEDULER_CONFIG, "shift": 3.0, "use_dynamic_shifting": True}
+
+_BOS = "<|startoftext|>"
+_EOS = "<|endoftext|>"
+
+
+def _seed(seed: int, offset: int) -> None:
+    import torch
+
+    torch.manual_seed(seed * 1000 + offset)
+
+
+def _clip_vocab() -> dict[str, int]:
+    """Byte-level CLIP vocab with no merges: 256 bytes, 256 bytes + '</w>', then BOS and EOS (like real CLIP)."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    chars = list(bytes_to_unicode().values())
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
+    vocab[_BOS] = len(vocab)
+    vocab[_EOS] = len(vocab)
+    return vocab
+
+
+def _clip_tokenizer(pad_token: str = _EOS):
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer(vocab=_clip_vocab(), merges=[], pad_token=pad_token, model_max_length=77)
+
+
+def _t5_tokenizer(model_max_length: int = 512):
+    import string
+
+    from transformers import T5TokenizerFast
+
+    vocab: list[tuple[str, float]] = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    chars = string.ascii_letters + string.digits + string.punctuation
+    vocab += [("\u2581" + c, -4.0) for c in chars]
+    vocab += [(c, -5.0) for c in chars]
+    return T5TokenizerFast(vocab=vocab, extra_ids=0, model_max_length=model_max_length)
+
+
+def _clip_text_config(vocab_size: int, hidden_size: int, projection_dim: int):
+    from transformers import CLIPTextConfig
+
+    vocab = _clip_vocab()
+    return CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        projection_dim=projection_dim,
+        num_hidden_layers=5,  # clip_skip up to 4 works
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        hidden_act="gelu",
+        layer_norm_eps=1e-5,
+        bos_token_id=vocab[_BOS],
+        eos_token_id=vocab[_EOS],
+        pad_token_id=vocab[_EOS],
+    )
+
+
+def _t5_encoder(d_model: int, vocab_size: int):
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(
+        vocab_size=vocab_size,
+        d_model=d_model,
+        d_kv=d_model // 4,
+        d_ff=2 * d_model,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=32,
+        dropout_rate=0.0,
+        feed_forward_proj="gated-gelu",  # as T5 v1.1 / T5-XXL
+        is_encoder_decoder=False,
+        use_cache=False,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )
+    return T5EncoderModel(config)
+
+
+def _vae(latent_channels: int, scaling_factor: float, shift_factor: float | None, quant_conv: bool):
+    from diffusers import AutoencoderKL
+
+    # 4 blocks -> vae_scale_factor 8, like the real VAEs.
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 8, 16, 16),
+        layers_per_block=1,
+        latent_channels=latent_channels,
+        norm_num_groups=4,
+        sample_size=64,
+        scaling_factor=scaling_factor,
+        shift_factor=shift_factor,
+        use_quant_conv=quant_conv,
+        use_post_quant_conv=quant_conv,
+    )
+
+
+def _save(pipe: Any, path: str | os.PathLike, safetensors: bool) -> Path:
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            component.eval()
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # transformers' "Writing model shards" bar
+    try:
+        pipe.save_pretrained(out, safe_serialization=safetensors)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    if not safetensors:
+        # transformers 5 always writes model.safetensors (its save_pretrained has no safe_serialization):
+        # rewrite the text encoders as pickle pytorch_model.bin so the folder holds no safetensors at all.
+        from transformers import PreTrainedModel
+
+        for name, component in pipe.components.items():
+            if isinstance(component, PreTrainedModel):
+                sub = out / name
+                for f in list(sub.glob("*.safetensors")) + list(sub.glob("*.safetensors.index.json")):
+                    f.unlink()
+                state = {k: v.contiguous() for k, v in component.state_dict().items()}
+                torch.save(state, sub / "pytorch_model.bin")
+        leftovers = list(out.rglob("*.safetensors"))
+        if leftovers:
+            raise RuntimeError(f"safetensors files left in a pickle-only folder: {leftovers}")
+    return out
+
+
+def build_tiny_sdxl(path: str | os.PathLike, *, seed: int = 0, safetensors: bool = True) -> Path:
+    """Build and save a tiny StableDiffusionXLPipeline in ``path`` (about 3 MB); returns the folder."""
+    with _private_rng():
+        return _save(_tiny_sdxl(seed), path, safetensors)
+
+
+def build_tiny_sd3(path: str | os.PathLike, *, seed: int = 0, safetensors: bool = True) -> Path:
+    """Build and save a tiny StableDiffusion3Pipeline (SD3-medium layout) in ``path``; returns the folder."""
+    with _private_rng():
+        return _save(_tiny_sd3(seed), path, safetensors)
+
+
+def build_tiny_flux(
+    path: str | os.PathLike, *, seed: int = 0, safetensors: bool = True, dynamic_shifting: bool = False
+) -> Path:
+    """Build and save a tiny FluxPipeline in ``path``; returns the folder.
+
+    The transformer has no guidance embedding (like FLUX.1-schnell). ``dynamic_shifting=False`` gives schnell's
+    scheduler config (static shift 1.0); ``True`` gives FLUX.1-dev's (resolution-dependent ``mu``).
+    """
+    with _private_rng():
+        return _save(_tiny_flux(seed, dynamic_shifting), path, safetensors)
+
+
+def _private_rng():
+    """Seeding for the build must not change the caller's global torch RNG state."""
+    import torch
+
+    return torch.random.fork_rng(devices=[])
+
+
+def _tiny_sdxl(seed: int) -> Any:
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    vocab_size = len(_clip_vocab())
+    te1_hidden, te2_hidden, te2_proj, time_dim = 32, 64, 32, 8  # real: 768, 1280, 1280, 256
+
+    _seed(seed, 0)
+    unet = UNet2DConditionModel(
+        sample_size=8,  # default size 8 * 8 = 64 px
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        norm_num_groups=8,
+        attention_head_dim=(2, 4),
+        transformer_layers_per_block=(1, 2),
+        use_linear_projection=True,
+        cross_attention_dim=te1_hidden + te2_hidden,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_dim,
+        projection_class_embeddings_input_dim=6 * time_dim + te2_proj,
+    )
+    _seed(seed, 1)
+    vae = _vae(latent_channels=4, scaling_factor=0.13025, shift_factor=None, quant_conv=True)
+    _seed(seed, 2)
+    text_encoder = CLIPTextModel(_clip_text_config(vocab_size, te1_hidden, te1_hidden))
+    _seed(seed, 3)
+    text_encoder_2 = CLIPTextModelWithProjection(_clip_text_config(vocab_size, te2_hidden, te2_proj))
+    scheduler = EulerDiscreteScheduler.from_config(_SDXL_SCHEDULER_CONFIG)
+    pipe = StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=_clip_tokenizer(),
+        tokenizer_2=_clip_tokenizer(pad_token="!"),  # as the real SDXL tokenizer_2
+        unet=unet,
+        scheduler=scheduler,
+    )
+    return pipe
+
+
+def _tiny_sd3(seed: int) -> Any:
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextModelWithProjection
+
+    vocab_size = len(_clip_vocab())
+    t5_tok = _t5_tokenizer()
+    clip_l, clip_g, t5_dim = 32, 64, 128  # real: 768, 1280, 4096 (CLIP-L + CLIP-G are padded up to T5's width)
+
+    _seed(seed, 0)
+    transformer = SD3Transformer2DModel(
+        sample_size=8,  # default size 8 * 8 = 64 px
+        patch_size=2,
+        in_channels=16,
+        out_channels=16,
+        num_layers=2,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        caption_projection_dim=32,  # = heads * head_dim
+        joint_attention_dim=t5_dim,
+        pooled_projection_dim=clip_l + clip_g,
+        pos_embed_max_size=64,
+    )
+    _seed(seed, 1)
+    vae = _vae(latent_channels=16, scaling_factor=1.5305, shift_factor=0.0609, quant_conv=False)
+    _seed(seed, 2)
+    text_encoder = CLIPTextModelWithProjection(_clip_text_config(vocab_size, clip_l, clip_l))
+    _seed(seed, 3)
+    text_encoder_2 = CLIPTextModelWithProjection(_clip_text_config(vocab_size, clip_g, clip_g))
+    _seed(seed, 4)
+    text_encoder_3 = _t5_encoder(t5_dim, len(t5_tok))
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler.from_config(_SD3_SCHEDULER_CONFIG),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=_clip_tokenizer(),
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=_clip_tokenizer(pad_token="!"),
+        text_encoder_3=text_encoder_3,
+        tokenizer_3=t5_tok,
+    )
+    return pipe
+
+
+def _tiny_flux(seed: int, dynamic_shifting: bool) -> Any:
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel
+
+    vocab_size = len(_clip_vocab())
+    t5_tok = _t5_tokenizer()
+    clip_dim, t5_dim, latent_channels = 32, 64, 16  # real: 768, 4096, 16
+
+    _seed(seed, 0)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=4 * latent_channels,  # 2x2 latent packing
+        num_layers=1,
+        num_single_layers=2,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=t5_dim,
+        pooled_projection_dim=clip_dim,
+        guidance_embeds=False,
+        axes_dims_rope=(4, 6, 6),  # sums to attention_head_dim
+    )
+    _seed(seed, 1)
+    vae = _vae(latent_channels=latent_channels, scaling_factor=0.3611, shift_factor=0.1159, quant_conv=False)
+    _seed(seed, 2)
+    text_encoder = CLIPTextModel(_clip_text_config(vocab_size, clip_dim, clip_dim))
+    _seed(seed, 3)
+    text_encoder_2 = _t5_encoder(t5_dim, len(t5_tok))
+    config = _FLUX_DEV_SCHEDULER_CONFIG if dynamic_shifting else _FLUX_SCHNELL_SCHEDULER_CONFIG
+    pipe = FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler.from_config(config),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=_clip_tokenizer(),
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=t5_tok,
+        transformer=transformer,
+    )
+    return pipe

@@ -1,0 +1,106 @@
+"""Presets: the shipped ones are valid; user presets and paths work; every mistake names the file and the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from imagegen import UsageError, list_presets, load_preset
+
+SHIPPED = {"sdxl", "sd3", "sd3.5-medium", "sd3.5-large", "flux-schnell", "flux-dev"}
+
+
+def test_shipped_presets_are_valid_and_real():
+    presets = {p.name: p for p in list_presets()}
+    assert SHIPPED <= set(presets)
+    assert presets["sdxl"].model == "stabilityai/stable-diffusion-xl-base-1.0"
+    assert presets["sdxl"].variant == "fp16"
+    assert presets["flux-schnell"].model == "black-forest-labs/FLUX.1-schnell"
+    assert presets["flux-schnell"].defaults.steps == 4
+    assert presets["sd3.5-large"].family == "sd3"
+    for p in presets.values():
+        assert p.schedulers, f"{p.name} lists its schedulers"
+        assert p.defaults.scheduler and p.defaults.steps and p.defaults.size
+
+
+def write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+GOOD = """
+family = "sdxl"
+model = "someone/my-sdxl"
+[defaults]
+steps = 20
+cfg = 4.0
+size = "832x1216"
+scheduler = "euler_ancestral"
+"""
+
+
+def test_user_preset_in_imagegen_home_is_listed_and_overrides(isolated_home):
+    write(isolated_home / "presets" / "mine.toml", GOOD)
+    write(isolated_home / "presets" / "sdxl.toml", GOOD)  # same name as a built-in: the user's wins
+    assert load_preset("mine").defaults.scheduler == "Euler a"
+    assert load_preset("sdxl").model == "someone/my-sdxl"
+
+
+def test_preset_from_path(tmp_path):
+    path = write(tmp_path / "x" / "custom.toml", GOOD)
+    preset = load_preset(str(path))
+    assert preset.name == "custom" and preset.defaults.size == (832, 1216)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (GOOD + "stepz = 3\n", "defaults: unknown key 'stepz' (did you mean 'steps'?)"),
+        (GOOD.replace("family", "famly"), "unknown key 'famly' (did you mean 'family'?)"),
+        (GOOD.replace("steps = 20", "steps = 'twenty'"), "defaults: steps: must be an integer"),
+        (GOOD.replace("steps = 20", "steps = 0"), "defaults: steps: must be from 1 to 1000"),
+        (GOOD.replace('"832x1216"', '"big"'), "defaults: size: must be WIDTHxHEIGHT"),
+        (GOOD.replace('"sdxl"', '"sd4"'), "family: unknown family 'sd4'"),
+        (GOOD.replace("euler_ancestral", "euler_wrong"), "defaults.scheduler: unknown scheduler 'euler_wrong'"),
+        (GOOD.replace('model = "someone/my-sdxl"', ""), "missing key 'model'"),
+        (GOOD.replace("cfg = 4.0", "cfg = true"), "defaults: cfg: must be a number"),
+        ("family = \n", "not valid TOML"),
+        ('schedulers = ["DPM++ 2M Karras"]\n' + GOOD, "list samplers without a schedule type"),
+        ('schedulers = ["Euler"]\n' + GOOD, "'Euler a' is not in this preset's schedulers list"),
+    ],
+)
+def test_bad_preset_names_file_and_key(tmp_path, text, message):
+    path = write(tmp_path / "bad.toml", text)
+    with pytest.raises(UsageError) as info:
+        load_preset(str(path))
+    assert str(path) in str(info.value)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_flow_preset_refuses_epsilon_scheduler(tmp_path):
+    text = GOOD.replace('"sdxl"', '"sd3"').replace("euler_ancestral", "EulerDiscreteScheduler")
+    with pytest.raises(UsageError, match="runs but draws wrong images; for sd3: Euler"):
+        load_preset(str(write(tmp_path / "sd3bad.toml", text)))
+
+
+def test_unknown_preset_lists_available():
+    with pytest.raises(UsageError) as info:
+        load_preset("sdxl-turbo-9000")
+    message = str(info.value)
+    assert "unknown preset 'sdxl-turbo-9000'" in message
+    for name in SHIPPED:
+        assert name in message
+
+
+def test_presets_cli(cli):
+    listed = cli("presets", "list", "--json")
+    assert listed.code == 0
+    import json
+
+    names = {p["name"] for p in json.loads(listed.out)}
+    assert SHIPPED <= names
+    shown = cli("presets", "show", "sd3")
+    assert shown.code == 0 and "stabilityai/stable-diffusion-3-medium-diffusers" in shown.out
+    missing = cli("presets", "show", "nope")
+    assert missing.code == 2 and missing.err.count("\n") == 1 and "available:" in missing.err
