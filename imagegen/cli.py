@@ -107,7 +107,9 @@ def reproduce(
         model=model, revision=revision, dtype=dtype, device=device, out=out, name=name, metadata=metadata,
     )
     if verify and overrides.given().keys() - {"out", "name", "metadata", "device"}:
-        raise typer.BadParameter("--verify compares with the original: drop the recipe overrides")
+        from .errors import UsageError
+
+        raise UsageError("--verify compares with the original: drop the recipe overrides (--out, --name, --device may stay)")
     progress = _progress(quiet)
     result = do_reproduce(source, verify=verify, overrides=overrides, progress=progress)
     if result.verification and not quiet:
@@ -216,8 +218,6 @@ def _print_table(headers: list[str], rows: list[list[str]]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """The entry point and the one error boundary: our errors become one line and an exit code."""
-    import click
-
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("IMAGEGEN_DEBUG") == "1"
     command = typer.main.get_command(app)
@@ -230,14 +230,17 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         sys.stderr.write(f"imagegen: error: {exc}\n")
         return exc.exit_code
-    except click.ClickException as exc:
+    except typer.exceptions.TyperException as exc:  # Typer's (vendored click's) usage errors
         if debug:
             import traceback
 
             traceback.print_exc()
-        sys.stderr.write(f"imagegen: error: {exc.format_message()}\n")
-        return exc.exit_code
-    except (click.Abort, KeyboardInterrupt):
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        known = argv[0] in getattr(command, "commands", {}) if argv else False
+        hint = f" (see: imagegen {argv[0]} --help)" if known else " (see: imagegen --help)"
+        sys.stderr.write(f"imagegen: error: {message}{hint}\n")
+        return getattr(exc, "exit_code", 2)
+    except (typer.Abort, KeyboardInterrupt):
         sys.stderr.write("imagegen: interrupted\n")
         return 130
     return code if isinstance(code, int) else 0

@@ -197,6 +197,10 @@ def _call(pipe, req: ResolvedRequest, seeds: list[int], progress: Progress) -> t
     import torch
 
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+    if hasattr(pipe.scheduler, "noise_sampler_seed"):
+        # DPM++ SDE draws Brownian-tree noise from its own seeds: one per image, like the generators.
+        pipe.scheduler.noise_sampler_seed = list(seeds)
+        pipe.scheduler.noise_sampler = None
     marks: list[float] = []
 
     def on_step_end(_pipe, step, _timestep, callback_kwargs):

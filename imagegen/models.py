@@ -176,6 +176,10 @@ def load_model(model: str, *, family: str, revision: str | None, variant: str | 
     except torch.OutOfMemoryError as exc:
         raise RunError(f"{model}: out of memory moving the model to {device} in {dtype}; try a smaller dtype") from exc
     pipe.set_progress_bar_config(disable=True)
+    if device == "cpu":
+        from .batching import make_batch_invariant
+
+        make_batch_invariant(pipe)
     load_s = time.perf_counter() - start
     loaded = LoadedModel(
         pipe=pipe,

@@ -149,7 +149,8 @@ def write_image(image, out_dir: Path, name: str, *, parameters: str | None, reco
         info = None
         if record is not None:
             info = PngInfo()
-            info.add_text("parameters", parameters)
+            if parameters is not None:
+                info.add_text("parameters", parameters)
             info.add_text("imagegen", json.dumps(record, ensure_ascii=True, sort_keys=False))
         buffer = io.BytesIO()
         image.save(buffer, format="PNG", pnginfo=info)

@@ -111,9 +111,14 @@ SAMPLERS: dict[str, Sampler] = {
             ),
         ),
         Sampler(
-            "dpmpp_sde", "DPM++ SDE", None,
+            # k-diffusion's sample_dpmpp_sde, stochastic (Brownian-tree noise, seeded per image by imagegen).
+            # diffusers' docs map it to DPMSolverSinglestep, which is a deterministic ODE solver: a different sampler.
+            "dpmpp_sde", "DPM++ SDE", "dpmpp_sde",
+            eps=Impl("DPMSolverSDEScheduler", schedules=_SIGMA_SCHEDULES, needs="torchsde", stochastic=True),
+        ),
+        Sampler(
+            "dpmpp_singlestep", "DPM++ Singlestep", None,
             eps=Impl("DPMSolverSinglestepScheduler", schedules=_SIGMA_SCHEDULES),
-            aliases=("dpmpp_2s",),
         ),
         Sampler(
             "unipc", "UniPC", "uni_pc",
@@ -121,15 +126,15 @@ SAMPLERS: dict[str, Sampler] = {
             flow=Impl("UniPCMultistepScheduler"),
         ),
         Sampler(
+            # No flow implementation: DEIS with flow sigmas ends on a non-zero sigma and draws wrong images.
             "deis", "DEIS", "deis",
             eps=Impl("DEISMultistepScheduler", schedules=_EPS_SCHEDULES),
-            flow=Impl("DEISMultistepScheduler"),
         ),
     )
 }
 
 # The flags that make a multistep solver integrate a flow-matching model (see flow_kwargs).
-_FLOW_SOLVER_CLASSES = {"DPMSolverMultistepScheduler", "UniPCMultistepScheduler", "DEISMultistepScheduler"}
+_FLOW_SOLVER_CLASSES = {"DPMSolverMultistepScheduler", "UniPCMultistepScheduler"}
 
 
 def _kind(family: str) -> str:

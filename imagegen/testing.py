@@ -9,13 +9,14 @@ from typing import Any
 __all__ = ["build_tiny_flux", "build_tiny_sd3", "build_tiny_sdxl"]
 
 # Size rules for the tiny pipelines (all three VAEs have 4 blocks, so vae_scale_factor = 2 ** 3 = 8, as in
-# the real models):
-#   SDXL: height/width must be a multiple of 8 (vae_scale_factor); the UNet has 2 levels, so the latent side
-#         must also be even -> use multiples of 16 to be safe. Default size 64x64 (unet sample_size 8 * 8).
+# the real models; checked on diffusers 0.42.1):
+#   SDXL: height/width must be a multiple of 8 (vae_scale_factor); the pipeline raises otherwise. Odd latent
+#         sides (e.g. 72 px -> 9) work: the UNet pads its upsampling. Default size 64x64 (unet sample_size 8 * 8).
 #   SD3:  multiple of 16 (vae_scale_factor 8 * transformer patch_size 2); the pipeline raises otherwise.
 #         Max side 1024 (pos_embed_max_size 64 * patch 2 * 8). Default size 64x64 (sample_size 8 * 8).
 #   Flux: multiple of 16 (vae_scale_factor 8 * 2 for the 2x2 latent packing); the pipeline only warns and
-#         rounds down otherwise. Its default size is hard-coded to 128 * 8 = 1024: always pass height/width.
+#         rounds down otherwise (72 -> 64). Its default size is hard-coded to 128 * 8 = 1024: always pass
+#         height/width.
 # Text sequence lengths are the real ones (CLIP 77; T5 256 for SD3, 512 for Flux by default); pass a smaller
 # max_sequence_length to go faster.
 
@@ -53,7 +54,11 @@ _FLUX_SCHNELL_SCHEDULER_CONFIG: dict[str, Any] = {
     "shift": 1.0,
     "use_dynamic_shifting": False,
 }
-_FLUX_DEV_SCHEDULER_CONFIG: dict[str, Any] = {**_FLUX_SCHNELL_SCHEDULER_CONFIG, "shift": 3.0, "use_dynamic_shifting": True}
+_FLUX_DEV_SCHEDULER_CONFIG: dict[str, Any] = {
+    **_FLUX_SCHNELL_SCHEDULER_CONFIG,
+    "shift": 3.0,
+    "use_dynamic_shifting": True,
+}
 
 _BOS = "<|startoftext|>"
 _EOS = "<|endoftext|>"
@@ -193,6 +198,13 @@ def _save(pipe: Any, path: str | os.PathLike, safetensors: bool) -> Path:
     return out
 
 
+def _private_rng():
+    """Seeding for the build must not change the caller's global torch RNG state."""
+    import torch
+
+    return torch.random.fork_rng(devices=[])
+
+
 def build_tiny_sdxl(path: str | os.PathLike, *, seed: int = 0, safetensors: bool = True) -> Path:
     """Build and save a tiny StableDiffusionXLPipeline in ``path`` (about 3 MB); returns the folder."""
     with _private_rng():
@@ -200,7 +212,10 @@ def build_tiny_sdxl(path: str | os.PathLike, *, seed: int = 0, safetensors: bool
 
 
 def build_tiny_sd3(path: str | os.PathLike, *, seed: int = 0, safetensors: bool = True) -> Path:
-    """Build and save a tiny StableDiffusion3Pipeline (SD3-medium layout) in ``path``; returns the folder."""
+    """Build and save a tiny StableDiffusion3Pipeline (SD3-medium layout, about 4 MB) in ``path``.
+
+    Returns the folder.
+    """
     with _private_rng():
         return _save(_tiny_sd3(seed), path, safetensors)
 
@@ -208,20 +223,13 @@ def build_tiny_sd3(path: str | os.PathLike, *, seed: int = 0, safetensors: bool 
 def build_tiny_flux(
     path: str | os.PathLike, *, seed: int = 0, safetensors: bool = True, dynamic_shifting: bool = False
 ) -> Path:
-    """Build and save a tiny FluxPipeline in ``path``; returns the folder.
+    """Build and save a tiny FluxPipeline (about 1.5 MB) in ``path``; returns the folder.
 
     The transformer has no guidance embedding (like FLUX.1-schnell). ``dynamic_shifting=False`` gives schnell's
     scheduler config (static shift 1.0); ``True`` gives FLUX.1-dev's (resolution-dependent ``mu``).
     """
     with _private_rng():
         return _save(_tiny_flux(seed, dynamic_shifting), path, safetensors)
-
-
-def _private_rng():
-    """Seeding for the build must not change the caller's global torch RNG state."""
-    import torch
-
-    return torch.random.fork_rng(devices=[])
 
 
 def _tiny_sdxl(seed: int) -> Any:
