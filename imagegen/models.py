@@ -246,7 +246,8 @@ def load_error(model: str, revision: str | None, exc: Exception) -> Exception:
         )
     if any(isinstance(e, hub.RevisionNotFoundError) for e in chain):
         return UsageError(f"--revision {revision}: {model} has no such revision")
-    if "safetensors" in text and ("Could not find" in text or "use_safetensors" in text):
+    pickle_only = not _is_local(model) or any(Path(model).expanduser().rglob("*.bin"))
+    if pickle_only and "safetensors" in text and any(s in text for s in ("Could not find", "use_safetensors", "no file named")):
         return RunError(
             f"{at} has no safetensors weights (only pickle .bin files, which can run arbitrary code when loaded); "
             f"imagegen loads safetensors only: convert it (diffusers' convert scripts or `safetensors` "

@@ -1,0 +1,69 @@
+"""The command line as a user meets it: instant help, no heavy imports for listing, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("torch", "diffusers", "transformers", "PIL", "numpy", "huggingface_hub")
+
+
+@pytest.mark.parametrize("args", [["--help"], ["presets", "list"], ["presets", "show", "sd3"], ["schedulers", "--preset", "sd3"], ["txt2img", "--help"]])
+def test_listing_commands_import_nothing_heavy(args):
+    code = (
+        "import sys\n"
+        "from imagegen.cli import main\n"
+        f"rc = main({args!r})\n"
+        f"heavy = [m for m in {HEAVY!r} if m in sys.modules]\n"
+        "print('HEAVY', heavy, rc, file=sys.stderr)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ})
+    assert "HEAVY [] 0" in proc.stderr, proc.stderr
+
+
+def test_python_dash_m_runs_the_cli():
+    proc = subprocess.run([sys.executable, "-m", "imagegen", "schedulers", "--family", "flux", "--json"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert {r["name"] for r in json.loads(proc.stdout)} >= {"Euler", "DPM++ 2M", "UniPC"}
+
+
+def test_help_documents_cfg_per_family(cli):
+    result = cli("txt2img", "--help")
+    assert result.code == 0
+    text = " ".join(result.out.split())
+    assert "sdxl: classifier-free guidance" in text and "true CFG" in text and "sd3:" in text
+
+
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["txt2img"], 2, "Missing argument"),
+        (["txt2img", "x", "--bogus"], 2, "No such option: --bogus"),
+        (["txt2img", "x", "--steps", "many"], 2, "--steps: must be an integer from 1 to 1000, got 'many'"),
+        (["txt2img", "x", "--size", "1023x1024"], 2, "--size 1023x1024: width and height must be multiples of 8"),
+        (["txt2img", "x", "--scheduler", "Eular a"], 2, "unknown scheduler 'Eular a' (did you mean 'Euler a'?)"),
+        (["txt2img", "x", "--preset", "sd3", "--scheduler", "EulerDiscreteScheduler"], 2, "runs but draws wrong images"),
+        (["txt2img", "x", "--preset", "sdxxl"], 2, "unknown preset 'sdxxl' (did you mean 'sdxl'?)"),
+        (["txt2img", "x", "--name", "../{seed}"], 2, "must stay inside --out"),
+        (["txt2img", "x", "--name", "{seeds}"], 2, "unknown placeholder {seeds}"),
+        (["txt2img", "x", "--model", "./not-here"], 2, "--model ./not-here: no such folder"),
+        (["txt2img", "x", "--device", "cuda"], 1, None),
+        (["txt2img", "x", "--cfg", "-1"], 2, "--cfg: must be from 0 to 100"),
+        (["reproduce", "missing.png"], 2, "missing.png: no such file"),
+        (["presets", "show", "nope"], 2, "unknown preset 'nope'"),
+        (["nope"], 2, "No such command 'nope'"),
+    ],
+)
+def test_bad_input_is_one_line_with_the_right_exit_code(cli, args, code, message):
+    result = cli(*args, "--seed", "1") if args[0] == "txt2img" and len(args) > 1 else cli(*args)
+    if message is None:  # --device cuda on a machine without CUDA: a usage error; with CUDA the model is missing offline
+        assert result.code in (1, 2)
+    else:
+        assert result.code == code, result.err
+        assert message in result.err
+    errors = [line for line in result.err.splitlines() if line.startswith("imagegen: error:")]
+    assert len(errors) == 1 and "Traceback" not in result.err
