@@ -19,6 +19,8 @@ class Family:
     cfg_help: str
 
 
+_CLASSIC_CFG = "classifier-free guidance; on when > 1, and the negative prompt acts through it"
+
 FAMILIES: dict[str, Family] = {
     "sdxl": Family(
         name="sdxl",
@@ -26,7 +28,7 @@ FAMILIES: dict[str, Family] = {
         flow=False,
         default_multiple=8,
         text_encoders=2,
-        cfg_help="classifier-free guidance; on when > 1, and the negative prompt acts through it",
+        cfg_help=_CLASSIC_CFG,
     ),
     "sd3": Family(
         name="sd3",
@@ -34,7 +36,7 @@ FAMILIES: dict[str, Family] = {
         flow=True,
         default_multiple=16,
         text_encoders=3,
-        cfg_help="classifier-free guidance; on when > 1, and the negative prompt acts through it",
+        cfg_help=_CLASSIC_CFG,
     ),
     "flux": Family(
         name="flux",

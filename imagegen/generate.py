@@ -75,7 +75,6 @@ def generate(prompt: str | None = None, *, progress: Progress | None = None, sav
 def run(req: ResolvedRequest, *, progress: Progress | None = None, save: bool = True) -> GenerationResult:
     """Load (or reuse) the model, generate req.n images in micro-batches, and write each as soon as it exists."""
     from .models import load_model, resolve_device, resolve_dtype
-    from .presets import load_preset
     from .schedulers import build_scheduler, resolve_scheduler
 
     progress = progress or NullProgress()
@@ -83,7 +82,7 @@ def run(req: ResolvedRequest, *, progress: Progress | None = None, save: bool = 
     for note in req.notes:
         progress.note(note)
     device = resolve_device(req.device)
-    dtype = resolve_dtype(req.dtype, device, load_preset(req.preset).dtype)
+    dtype = resolve_dtype(req.dtype, device, req.gpu_dtype)
     choice = resolve_scheduler(req.scheduler, req.family)
 
     started = time.perf_counter()
@@ -124,7 +123,7 @@ def run(req: ResolvedRequest, *, progress: Progress | None = None, save: bool = 
             record["output"] = {"pixels_sha256": pix}
             path = sidecar = sha = None
             if save:
-                name = render_name(req.name, _name_values(req, first_index + index, seed))
+                name = render_name(req.name, _name_values(req, choice, first_index + index, seed))
                 written = write_image(
                     image, out_dir, name,
                     parameters=a1111_parameters(record) if req.metadata == "full" else None,
@@ -152,10 +151,7 @@ def run(req: ResolvedRequest, *, progress: Progress | None = None, save: bool = 
     )
 
 
-def _name_values(req: ResolvedRequest, index: int, seed: int) -> dict:
-    from .schedulers import resolve_scheduler
-
-    choice = resolve_scheduler(req.scheduler, req.family)
+def _name_values(req: ResolvedRequest, choice, index: int, seed: int) -> dict:
     return {
         "index": index,
         "seed": seed,

@@ -221,6 +221,7 @@ class ResolvedRequest:
     name: str
     metadata: str
     multiple: int = 8
+    gpu_dtype: str = "auto"  # the preset's dtype, used on a GPU when dtype is auto
     notes: tuple[str, ...] = field(default=())  # things the user should be told (true CFG turned on, ...)
 
     @property
@@ -324,6 +325,7 @@ def resolve(flags: Request, replay: Request | None = None) -> ResolvedRequest:
         name=merged["name"],
         metadata=merged["metadata"],
         multiple=multiple,
+        gpu_dtype=preset.dtype,
         notes=tuple(notes),
     )
 

@@ -184,3 +184,19 @@ def test_random_seed_is_printed_and_recorded(cli, tiny_models, tmp_path):
     seed = json.loads(result.out)["seeds"][0]
     assert f"random seed {seed}" in result.err
     assert json.loads(next(tmp_path.glob("*.json")).read_text())["seed"] == seed
+
+
+def test_preset_given_as_a_path(cli, tiny_models, tmp_path):
+    preset = tmp_path / "mine.toml"
+    preset.write_text(
+        f'family = "sd3"\nmodel = "{tiny_models["sd3"]}"\nschedulers = ["Euler", "UniPC"]\n'
+        '[defaults]\nsteps = 2\ncfg = 2.0\nsize = "64x64"\nscheduler = "UniPC"\n'
+    )
+    result = cli("txt2img", "x", "--preset", preset, "--seed", "4", "--out", tmp_path / "o", "-q", "--json")
+    assert result.code == 0, result.err
+    record = json.loads((tmp_path / "o" / "0000-4.json").read_text())
+    assert (record["steps"], record["cfg"], record["scheduler"]["name"], record["model"]["preset"]) == (2, 2.0, "UniPC", "mine")
+    refused = cli("txt2img", "x", "--preset", preset, "--scheduler", "DPM++ 2M", "--seed", "4")
+    assert refused.code == 2 and "preset 'mine' allows Euler, UniPC" in refused.err
+    again = cli("reproduce", tmp_path / "o" / "0000-4.png", "--verify", "-q")  # the preset file is not needed to replay
+    assert again.code == 0, again.err
