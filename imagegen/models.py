@@ -49,12 +49,16 @@ def _config_reader(model: str, revision: str | None):
         return lambda rel: _read_json(root / rel)
 
     def read(rel: str) -> dict | None:
-        from huggingface_hub import hf_hub_download
+        from huggingface_hub import constants, hf_hub_download
 
-        try:
-            return _read_json(hf_hub_download(model, rel, revision=revision, local_files_only=True))
-        except Exception:  # not cached (yet): loading will fetch it or explain why it cannot
-            return None
+        for local_only in (True, False):
+            if not local_only and constants.HF_HUB_OFFLINE:
+                break
+            try:
+                return _read_json(hf_hub_download(model, rel, revision=revision, local_files_only=local_only))
+            except Exception:  # not cached, or no network: loading fetches it or explains why it cannot
+                continue
+        return None
 
     return read
 
@@ -261,16 +265,22 @@ def load_error(model: str, revision: str | None, exc: Exception) -> Exception:
         or "cached" in text and "offline" in text
     )
     if offline and not _is_local(model):
-        return RunError(
-            f"{at} is not in the Hugging Face cache ({_hub_cache()}) and the hub cannot be reached"
-            f"{' (HF_HUB_OFFLINE is set)' if os.environ.get('HF_HUB_OFFLINE') else ''}: download it on a "
-            f"connected machine with `hf download {model}` and copy the cache, or pass --model DIR"
-        )
+        return RunError(not_cached_message(model, revision))
     if _is_local(model):
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return RunError(f"--model {model}: cannot load this folder: {first}")
     first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return RunError(f"{at}: cannot load: {first}")
+
+
+def not_cached_message(model: str, revision: str | None) -> str:
+    """What to do about a hub model that is neither cached nor downloadable."""
+    at = f"{model}" + (f"@{revision}" if revision else "")
+    return (
+        f"{at} is not in the Hugging Face cache ({_hub_cache()}) and the hub cannot be reached"
+        f"{' (HF_HUB_OFFLINE is set)' if os.environ.get('HF_HUB_OFFLINE') else ''}: download it on a "
+        f"connected machine with `hf download {model}` and copy the cache, or pass --model DIR"
+    )
 
 
 def _hub_cache() -> str:

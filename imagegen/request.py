@@ -252,6 +252,11 @@ def resolve(flags: Request, replay: Request | None = None) -> ResolvedRequest:
         preset = load_preset(top["preset"])
     elif model:
         info = inspect_model(model, top.get("revision"))
+        if info.family is None:
+            from .errors import RunError
+            from .models import not_cached_message
+
+            raise RunError(not_cached_message(model, top.get("revision")) + " (or name its --preset)")
         preset = preset_for_family(info.family, where=f"--model {model}")
     else:
         preset = load_preset(DEFAULT_PRESET)
@@ -293,6 +298,8 @@ def resolve(flags: Request, replay: Request | None = None) -> ResolvedRequest:
             f"flux: --cfg {merged['cfg']:g} > 1 turns on true classifier-free guidance (true_cfg_scale) with the "
             f"negative prompt{' (empty)' if not merged['negative'] else ''}; each step runs the transformer twice"
         )
+    if merged["negative"] and merged["cfg"] <= 1:
+        notes.append(f"--cfg {merged['cfg']:g} turns guidance off, so the negative prompt has no effect; raise --cfg above 1")
     if merged.get("guidance") is not None and family != "flux":
         raise UsageError(f"--guidance is Flux's distilled guidance; {family} models use --cfg")
 

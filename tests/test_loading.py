@@ -74,3 +74,10 @@ def test_debug_shows_traceback(cli, tmp_path):
     assert plain.code == 2 and "Traceback" not in plain.err
     debug = cli("txt2img", "x", "--preset", "nope", "--debug")
     assert debug.code == 2 and "Traceback" in debug.err and debug.err.rstrip().endswith("imagegen/errors.py") is False
+
+
+def test_uncached_repo_id_without_preset_is_one_line(cli, tmp_path):
+    result = cli("txt2img", "x", "--model", "nobody/not-cached", "--seed", "1", "--out", tmp_path)
+    assert result.code == 1
+    assert "nobody/not-cached is not in the Hugging Face cache" in result.err and "(or name its --preset)" in result.err
+    assert result.err.count("\n") == 1

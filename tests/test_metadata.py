@@ -87,3 +87,19 @@ def test_read_record_errors(tmp_path):
         read_record(tmp_path / "notimage.png")
     (tmp_path / "ok.json").write_text(json.dumps(record()))
     assert read_record(tmp_path / "ok.json")[0]["seed"] == 42
+
+
+def test_unicode_prompt_round_trips_through_png_and_sidecar(tmp_path):
+    from PIL import Image
+
+    from imagegen.output import write_image
+
+    rec = record(prompt="un phare au crépuscule, 灯台 🌅", negative="flou, «bruit»")
+    written = write_image(Image.new("RGB", (8, 8)), tmp_path, "u", parameters=a1111_parameters(rec), record=rec)
+    with Image.open(written.png) as im:
+        parsed = parse_parameters(im.text["parameters"])
+        chunk = json.loads(im.text["imagegen"])
+    assert parsed["Prompt"] == rec["prompt"] and parsed["Negative prompt"] == rec["negative"]
+    assert chunk["prompt"] == rec["prompt"]
+    assert json.loads(written.sidecar.read_text(encoding="utf-8"))["prompt"] == rec["prompt"]
+    assert read_record(written.png)[0]["negative"] == rec["negative"]
