@@ -195,8 +195,9 @@ def schedulers(
         sys.stdout.write(json.dumps(rows) + "\n")
         return
     _print_table(
-        ["A1111 name", "ComfyUI", "slug", "diffusers class and kwargs", "families"],
-        [[r["name"], r["comfyui"], r["slug"], r["diffusers"], ", ".join(r["families"])] for r in rows],
+        ["A1111 name", "ComfyUI", "slug", "diffusers class and kwargs", "families", "stochastic"],
+        [[r["name"], r["comfyui"], r["slug"], r["diffusers"], ", ".join(r["families"]), "yes" if r["stochastic"] else ""]
+         for r in rows],
     )
 
 

@@ -6,7 +6,7 @@ import json
 import os
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -144,8 +144,6 @@ class LoadedModel:
     pipeline_class: str
     native_scheduler: dict  # the scheduler config the model shipped with: every swap starts from it
     load_s: float
-    scheduler_name: str | None = None
-    extra: dict = field(default_factory=dict)
 
 
 _LOADED: dict[tuple, LoadedModel] = {}

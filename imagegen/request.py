@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable
 
 from .errors import UsageError, closest
@@ -264,12 +264,9 @@ def resolve(flags: Request, replay: Request | None = None) -> ResolvedRequest:
     merged = {**DEFAULTS.given(), **preset.request().given(), **top}
     if model is None:
         merged["model"], merged["revision"] = preset.model, top.get("revision", preset.revision)
+    if merged["model"] == preset.model:
+        # Only the preset's own repo is known to carry its variant files; a user's folder rarely does.
         merged.setdefault("variant", preset.variant)
-    elif "variant" not in top:
-        # A user's own folder rarely carries the preset's variant files: only ask for them from the preset's repo.
-        merged.pop("variant", None)
-        if model == preset.model:
-            merged["variant"] = preset.variant
 
     if merged.get("prompt") is None:
         raise UsageError("a prompt is required")
@@ -345,8 +342,3 @@ def _family_multiple(family: str) -> int:
 
 def _round(value: int, multiple: int) -> int:
     return max(multiple, round(value / multiple) * multiple)
-
-
-def with_fields(request: ResolvedRequest, **changes: Any) -> ResolvedRequest:
-    """A copy with some fields changed (used by reproduce for one image of a run)."""
-    return replace(request, **changes)

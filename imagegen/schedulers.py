@@ -36,7 +36,7 @@ class Impl:
     schedules: tuple[str, ...] = ()
     families: tuple[str, ...] = ()  # empty: every family of this kind
     needs: str | None = None
-    stochastic: bool = False
+    stochastic: bool = False  # adds fresh noise each step, so it does not converge as steps grow
 
 
 @dataclass(frozen=True)
@@ -161,14 +161,6 @@ class SchedulerChoice:
     def name(self) -> str:
         """The canonical A1111-style name, e.g. 'DPM++ 2M Karras'."""
         return self.sampler.a1111 + (f" {self.schedule.a1111}" if self.schedule else "")
-
-    @property
-    def a1111_sampler(self) -> str:
-        return self.sampler.a1111
-
-    @property
-    def a1111_schedule(self) -> str:
-        return self.schedule.a1111 if self.schedule else "Automatic"
 
 
 def _build_index() -> dict[str, tuple[str, str | None, str | None]]:
@@ -319,6 +311,7 @@ def scheduler_table(family: str | None = None) -> list[dict]:
         for schedule_key in (None, *SCHEDULES):
             works = []
             cls_by_kind = {}
+            stochastic = False
             for fam in families:
                 impl = sampler.impl(_kind(fam))
                 if impl is None or (impl.families and fam not in impl.families):
@@ -326,6 +319,7 @@ def scheduler_table(family: str | None = None) -> list[dict]:
                 if schedule_key and schedule_key not in impl.schedules:
                     continue
                 works.append(fam)
+                stochastic = stochastic or impl.stochastic
                 kwargs = {**impl.kwargs, **(SCHEDULES[schedule_key].kwargs if schedule_key else {})}
                 if impl.cls in _FLOW_SOLVER_CLASSES and get_family(fam).flow:
                     kwargs["flow"] = "use_flow_sigmas, flow_prediction, flow_shift=<model shift>" + (
@@ -347,6 +341,7 @@ def scheduler_table(family: str | None = None) -> list[dict]:
                         for cls, kw in cls_by_kind.items()
                     ),
                     "families": works,
+                    "stochastic": stochastic,
                 }
             )
     return rows
