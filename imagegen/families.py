@@ -78,4 +78,7 @@ def get_family(name: str, *, where: str = "family") -> Family:
 
 def cfg_help_text() -> str:
     """One paragraph for `--help`: what --cfg does on each family."""
-    return "; ".join(f"{f.name}: {f.cfg_help}" for f in FAMILIES.values())
+    groups: dict[str, list[str]] = {}
+    for family in FAMILIES.values():
+        groups.setdefault(family.cfg_help, []).append(family.name)
+    return ". ".join(f"{' and '.join(names)}: {text}" for text, names in groups.items())

@@ -35,7 +35,7 @@ def test_help_documents_cfg_per_family(cli):
     result = cli("txt2img", "--help")
     assert result.code == 0
     text = " ".join(result.out.split())
-    assert "sdxl: classifier-free guidance" in text and "true CFG" in text and "sd3:" in text
+    assert "sdxl and sd3: classifier-free guidance" in text and "flux: Flux is guidance-distilled" in text and "true CFG" in text
 
 
 @pytest.mark.parametrize(
