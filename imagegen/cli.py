@@ -83,11 +83,7 @@ def txt2img(
         scheduler=scheduler, n=n, batch_size=batch_size, preset=preset, model=model, revision=revision,
         variant=variant, dtype=dtype, device=device, out=out, name=name, metadata=metadata,
     )
-    req = resolve(flags)
-    progress = _progress(quiet)
-    if req.seed_was_random:
-        progress.note(f"random seed {req.seed}")
-    _emit(run(req, progress=progress), json_)
+    _emit(run(resolve(flags), progress=_progress(quiet)), json_)
 
 
 @app.command()

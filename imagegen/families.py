@@ -15,6 +15,7 @@ class Family:
     pipeline_class: str
     flow: bool  # flow-matching (rectified flow) models need flow-aware schedulers
     default_multiple: int  # used only when the model's configs cannot be read
+    pipeline_multiple: int  # what the diffusers pipeline itself insists on, whatever the configs say
     text_encoders: int
     cfg_help: str
 
@@ -27,6 +28,7 @@ FAMILIES: dict[str, Family] = {
         pipeline_class="StableDiffusionXLPipeline",
         flow=False,
         default_multiple=8,
+        pipeline_multiple=8,  # StableDiffusionXLPipeline.check_inputs
         text_encoders=2,
         cfg_help=_CLASSIC_CFG,
     ),
@@ -35,6 +37,7 @@ FAMILIES: dict[str, Family] = {
         pipeline_class="StableDiffusion3Pipeline",
         flow=True,
         default_multiple=16,
+        pipeline_multiple=1,
         text_encoders=3,
         cfg_help=_CLASSIC_CFG,
     ),
@@ -43,6 +46,7 @@ FAMILIES: dict[str, Family] = {
         pipeline_class="FluxPipeline",
         flow=True,
         default_multiple=16,
+        pipeline_multiple=1,
         text_encoders=2,
         cfg_help=(
             "Flux is guidance-distilled: 1 (the default) is off; > 1 turns on true CFG "

@@ -79,18 +79,20 @@ def run(req: ResolvedRequest, *, progress: Progress | None = None, save: bool = 
 
     progress = progress or NullProgress()
     check_template(req.name)
-    for note in req.notes:
-        progress.note(note)
     device = resolve_device(req.device)
     dtype = resolve_dtype(req.dtype, device, req.gpu_dtype)
     choice = resolve_scheduler(req.scheduler, req.family)
+    if req.seed_was_random:
+        progress.note(f"random seed {req.seed}")
+    for note in req.notes:
+        progress.note(note)
 
     started = time.perf_counter()
     with progress.loading(req.model):
         loaded = load_model(
             req.model, family=req.family, revision=req.revision, variant=req.variant, dtype=dtype, device=device
         )
-    load_s = time.perf_counter() - started
+    load_s = loaded.load_s if time.perf_counter() - started >= loaded.load_s else 0.0  # 0 when already loaded
     pipe = loaded.pipe
     pipe.scheduler = build_scheduler(choice, loaded.native_scheduler)
     lib_versions = versions()
@@ -199,9 +201,10 @@ def _call(pipe, req: ResolvedRequest, seeds: list[int], progress: Progress) -> t
         pipe.scheduler.noise_sampler = None
     marks: list[float] = []
 
-    def on_step_end(_pipe, step, _timestep, callback_kwargs):
+    def on_step_end(pipe_, step, _timestep, callback_kwargs):
         marks.append(time.perf_counter())
-        progress.step(step + 1, req.steps)
+        # Second-order samplers (Heun, DPM2, DPM++ SDE) take more model steps than --steps.
+        progress.step(step + 1, len(pipe_.scheduler.timesteps))
         return callback_kwargs
 
     start = time.perf_counter()

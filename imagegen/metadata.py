@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import platform
 import re
 from pathlib import Path
@@ -34,7 +35,9 @@ def _jsonable(value):
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
-        return value.item()
+        return _jsonable(value.item())
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # strict JSON has no Infinity/NaN (DPM++'s lambda_min_clipped is -inf)
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return str(value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import time
@@ -24,6 +25,7 @@ class ModelInfo:
     family: str | None = None
     pipeline_class: str | None = None
     multiple: int | None = None  # width and height must be multiples of this
+    max_side: int | None = None  # SD3's positional embedding caps the image side
     local: bool = False
 
 
@@ -38,6 +40,27 @@ def _read_json(path: str | Path) -> dict | None:
         return None
 
 
+def canonical_model(model: str) -> str:
+    """A local folder as an absolute path (so a recipe replays from anywhere); a repo id as given."""
+    if _is_local(model):
+        path = Path(model).expanduser()
+        if not path.is_dir():
+            raise UsageError(f"--model {model}: no such folder")
+        return str(path.resolve())
+    if "/" not in model:
+        raise UsageError(
+            f"--model {model}: no such folder, and not a hub repo id (org/name)"
+            + (f"; did you mean --preset {model}?" if _preset_exists(model) else "")
+        )
+    return model
+
+
+def _preset_exists(name: str) -> bool:
+    from .presets import preset_files
+
+    return name in preset_files()
+
+
 def _config_reader(model: str, revision: str | None):
     """A function reading a JSON file of the model by relative path, from its folder or the HF cache only."""
     if _is_local(model):
@@ -50,6 +73,9 @@ def _config_reader(model: str, revision: str | None):
 
     def read(rel: str) -> dict | None:
         from huggingface_hub import constants, hf_hub_download
+        from huggingface_hub.utils import logging as hub_logging
+
+        hub_logging.set_verbosity_error()  # its retry warnings would break the one-line error promise
 
         for local_only in (True, False):
             if not local_only and constants.HF_HUB_OFFLINE:
@@ -78,16 +104,21 @@ def inspect_model(model: str, revision: str | None = None) -> ModelInfo:
             f"{where}: pipeline {pipeline_class!r} is not supported; imagegen runs "
             f"{', '.join(sorted({f.pipeline_class for f in FAMILIES.values()}))}"
         )
-    multiple = None
+    multiple = max_side = None
     vae = read("vae/config.json")
     if vae and vae.get("block_out_channels"):
-        multiple = 2 ** (len(vae["block_out_channels"]) - 1)
+        scale = 2 ** (len(vae["block_out_channels"]) - 1)
+        multiple = scale
         if family == "sd3":
             transformer = read("transformer/config.json") or {}
-            multiple *= int(transformer.get("patch_size", 2))
+            patch = int(transformer.get("patch_size", 2))
+            multiple *= patch
+            max_side = int(transformer.get("pos_embed_max_size", 96)) * patch * scale
         elif family == "flux":
             multiple *= 2  # Flux packs latents in 2x2 patches
-    return ModelInfo(model=model, family=family, pipeline_class=pipeline_class, multiple=multiple, local=_is_local(model))
+        multiple = math.lcm(multiple, FAMILIES[family].pipeline_multiple)
+    return ModelInfo(model=model, family=family, pipeline_class=pipeline_class, multiple=multiple,
+                     max_side=max_side, local=_is_local(model))
 
 
 # ---- devices and dtypes

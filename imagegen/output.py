@@ -151,7 +151,7 @@ def write_image(image, out_dir: Path, name: str, *, parameters: str | None, reco
             info = PngInfo()
             if parameters is not None:
                 info.add_text("parameters", parameters)
-            info.add_text("imagegen", json.dumps(record, ensure_ascii=True, sort_keys=False))
+            info.add_text("imagegen", json.dumps(record, ensure_ascii=True, allow_nan=False))
         buffer = io.BytesIO()
         image.save(buffer, format="PNG", pnginfo=info)
         data = buffer.getvalue()
@@ -176,7 +176,7 @@ def write_image(image, out_dir: Path, name: str, *, parameters: str | None, reco
                 "timings": {**record.get("timings", {}), "save_s": round(time.perf_counter() - start, 4)},
                 "output": {"file": png.name, "sha256": sha, **record.get("output", {})},
             }
-            side_tmp = _temp_with(folder, (json.dumps(full, indent=2, ensure_ascii=False) + "\n").encode(), ".json")
+            side_tmp = _temp_with(folder, (json.dumps(full, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode(), ".json")
             try:
                 if not _place(side_tmp, sidecar):
                     raise RunError(f"{sidecar}: appeared while writing; not overwritten")

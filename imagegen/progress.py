@@ -90,7 +90,7 @@ class RichProgress(NullProgress):
 
         elapsed = time.perf_counter() - self._batch_start
         rate = f"{step / elapsed:.2f} it/s" if elapsed > 0 else ""
-        self._progress.update(self._steps, completed=step, rate=rate)
+        self._progress.update(self._steps, completed=step, total=steps, rate=rate)
 
     def image_done(self, result) -> None:
         self._progress.advance(self._images)

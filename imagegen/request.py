@@ -240,12 +240,15 @@ def resolve(flags: Request, replay: Request | None = None) -> ResolvedRequest:
     Precedence, lowest first: built-in defaults < preset < replayed metadata < command-line flags (or API arguments).
     A field that is None in a layer was not given there and does not override the layers below it.
     """
-    from .models import inspect_model
+    from .models import canonical_model, inspect_model
+    from .output import check_template
     from .presets import load_preset, preset_for_family
     from .schedulers import resolve_scheduler
 
     replay = replay or Request()
     top = {**replay.given(), **flags.given()}  # the layers above the preset, already in precedence order
+    if "model" in top:
+        top["model"] = canonical_model(top["model"])
 
     model = top.get("model")
     if "preset" in top:
@@ -281,7 +284,12 @@ def resolve(flags: Request, replay: Request | None = None) -> ResolvedRequest:
     choice = resolve_scheduler(merged["scheduler"], family)
     preset.check_scheduler(choice)
 
+    check_template(merged["name"])
     width, height = merged["size"]
+    if info.max_side and max(width, height) > info.max_side:
+        raise UsageError(
+            f"--size {width}x{height}: this model's positional embedding allows at most {info.max_side} px a side"
+        )
     multiple = info.multiple or _family_multiple(family)
     if width % multiple or height % multiple:
         raise UsageError(

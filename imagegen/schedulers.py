@@ -234,9 +234,8 @@ def resolve_scheduler(name: str, family: str, *, where: str = "--scheduler") -> 
     entry = _INDEX.get(_norm(name))
     works = _works(family)
     if entry is None:
-        known = sorted({s.a1111 for s in SAMPLERS.values()})
         raise UsageError(
-            f"{where}: unknown scheduler {name!r}{closest(name, known)}; for {family}: {works}"
+            f"{where}: unknown scheduler {name!r}{closest(name, scheduler_names(family))}; for {family}: {works}"
         )
     slug, schedule_key, pinned = entry
     sampler = SAMPLERS[slug]
@@ -253,10 +252,10 @@ def resolve_scheduler(name: str, family: str, *, where: str = "--scheduler") -> 
         raise UsageError(f"{where}: {sampler.a1111} does not work with {family} models; for {family}: {works}")
     schedule = SCHEDULES[schedule_key] if schedule_key else None
     if schedule and schedule.key not in impl.schedules:
-        takes = ", ".join(SCHEDULES[k].a1111 for k in impl.schedules) or "none"
+        takes = ", ".join(SCHEDULES[k].a1111 for k in impl.schedules)
         raise UsageError(
             f"{where}: {sampler.a1111} has no {schedule.a1111} schedule type on {family}; "
-            f"it takes: {takes} (or none, for its default spacing)"
+            + (f"it takes: {takes} (or none, for its default spacing)" if takes else "it takes no schedule type there")
         )
     for needs in {impl.needs, schedule.needs if schedule else None} - {None}:
         _require(needs, f"{where}: {sampler.a1111}{' ' + schedule.a1111 if schedule else ''}")

@@ -67,3 +67,17 @@ def test_bad_input_is_one_line_with_the_right_exit_code(cli, args, code, message
         assert message in result.err
     errors = [line for line in result.err.splitlines() if line.startswith("imagegen: error:")]
     assert len(errors) == 1 and "Traceback" not in result.err
+
+
+def test_checks_come_before_the_random_seed_note(cli):
+    """No note is printed for a run that is refused: the error is the only line."""
+    for args in (["--name", "../x"], ["--name", "{bogus}"], ["--size", "1023x1024"]):
+        result = cli("txt2img", "x", *args)
+        assert result.code == 2 and result.err.count("\n") == 1 and result.err.startswith("imagegen: error:"), result.err
+
+
+def test_scheduler_suggestions_use_full_names(cli):
+    result = cli("txt2img", "x", "--scheduler", "DPM++ 3M Karras", "--seed", "1")
+    assert "did you mean 'DPM++ 2M Karras'?" in result.err
+    result = cli("txt2img", "x", "--preset", "sd3", "--scheduler", "DPM++ 2M Karras", "--seed", "1")
+    assert "DPM++ 2M has no Karras schedule type on sd3; it takes no schedule type there" in result.err

@@ -111,3 +111,42 @@ def test_model_folder_errors(tmp_path):
     (tmp_path / "other" / "model_index.json").write_text('{"_class_name": "KandinskyPipeline"}')
     with pytest.raises(UsageError, match="pipeline 'KandinskyPipeline' is not supported"):
         resolve(Request(prompt="p", model=str(tmp_path / "other")))
+
+
+def fake_model(root, class_name, vae_blocks, transformer=None):
+    import json
+
+    (root / "vae").mkdir(parents=True)
+    (root / "model_index.json").write_text(json.dumps({"_class_name": class_name}))
+    (root / "vae" / "config.json").write_text(json.dumps({"block_out_channels": [8] * vae_blocks}))
+    if transformer is not None:
+        (root / "transformer").mkdir()
+        (root / "transformer" / "config.json").write_text(json.dumps(transformer))
+    return root
+
+
+def test_sdxl_pipeline_needs_multiples_of_8_even_with_a_small_vae(tmp_path):
+    root = fake_model(tmp_path / "sdxl", "StableDiffusionXLPipeline", vae_blocks=2)  # VAE scale factor 2
+    with pytest.raises(UsageError, match="--size 36x36: width and height must be multiples of 8"):
+        resolve(Request(prompt="p", model=str(root), size=(36, 36)))
+    assert resolve(Request(prompt="p", model=str(root), size=(40, 48))).multiple == 8
+
+
+def test_sd3_size_is_capped_by_its_positional_embedding(tmp_path):
+    root = fake_model(tmp_path / "sd3", "StableDiffusion3Pipeline", vae_blocks=1,
+                      transformer={"patch_size": 1, "pos_embed_max_size": 96})
+    with pytest.raises(UsageError, match="allows at most 96 px a side"):
+        resolve(Request(prompt="p", model=str(root), size=(200, 200)))
+    assert resolve(Request(prompt="p", model=str(root), size=(40, 24))).multiple == 1
+
+
+def test_local_model_is_recorded_as_an_absolute_path(tmp_path, monkeypatch):
+    fake_model(tmp_path / "mine", "FluxPipeline", vae_blocks=4)
+    monkeypatch.chdir(tmp_path)
+    req = resolve(Request(prompt="p", model="mine", size=(64, 64)))
+    assert req.model == str((tmp_path / "mine").resolve()) and req.family == "flux"
+
+
+def test_bare_name_is_not_taken_for_a_repo_id():
+    with pytest.raises(UsageError, match=r"--model sdxl: no such folder, and not a hub repo id \(org/name\); did you mean --preset sdxl\?"):
+        resolve(Request(prompt="p", model="sdxl"))

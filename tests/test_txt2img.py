@@ -61,6 +61,11 @@ def test_txt2img_each_family_and_scheduler(cli, tiny_models, tmp_path, family, s
     if family != "sdxl":
         assert sidecar["scheduler"]["config"].get("prediction_type", "flow_prediction") == "flow_prediction"
 
+    def no_constants(value):
+        raise AssertionError(f"non-standard JSON constant {value}")
+
+    json.loads((out / "0000-42.json").read_text(), parse_constant=no_constants)  # strict JSON (Node, jq, ...)
+
     with Image.open(png) as im:
         chunk = json.loads(im.text["imagegen"])
         parameters = im.text["parameters"]
