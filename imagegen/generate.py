@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .metadata import a1111_parameters, build_record, versions
-from .output import check_template, next_index, pixels_sha256, render_name, slug, write_image
+from .output import next_index, pixels_sha256, render_name, slug, write_image
 from .progress import NullProgress, Progress
 from .request import Request, ResolvedRequest, resolve
 
@@ -78,7 +78,6 @@ def run(req: ResolvedRequest, *, progress: Progress | None = None, save: bool = 
     from .schedulers import build_scheduler, resolve_scheduler
 
     progress = progress or NullProgress()
-    check_template(req.name)
     device = resolve_device(req.device)
     dtype = resolve_dtype(req.dtype, device, req.gpu_dtype)
     choice = resolve_scheduler(req.scheduler, req.family)
@@ -92,7 +91,7 @@ def run(req: ResolvedRequest, *, progress: Progress | None = None, save: bool = 
         loaded = load_model(
             req.model, family=req.family, revision=req.revision, variant=req.variant, dtype=dtype, device=device
         )
-    load_s = loaded.load_s if time.perf_counter() - started >= loaded.load_s else 0.0  # 0 when already loaded
+    load_s = time.perf_counter() - started  # near 0 when the pipeline was already loaded in this process
     pipe = loaded.pipe
     pipe.scheduler = build_scheduler(choice, loaded.native_scheduler)
     lib_versions = versions()

@@ -6,7 +6,6 @@ import json
 import math
 import os
 import re
-import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -174,7 +173,6 @@ class LoadedModel:
     device: str
     pipeline_class: str
     native_scheduler: dict  # the scheduler config the model shipped with: every swap starts from it
-    load_s: float
 
 
 _LOADED: dict[tuple, LoadedModel] = {}
@@ -193,7 +191,6 @@ def load_model(model: str, *, family: str, revision: str | None, variant: str | 
 
     cls = getattr(diffusers, FAMILIES[family].pipeline_class)
     path = str(Path(model).expanduser()) if _is_local(model) else model
-    start = time.perf_counter()
     try:
         pipe = cls.from_pretrained(
             path,
@@ -213,7 +210,6 @@ def load_model(model: str, *, family: str, revision: str | None, variant: str | 
         from .batching import make_batch_invariant
 
         make_batch_invariant(pipe)
-    load_s = time.perf_counter() - start
     loaded = LoadedModel(
         pipe=pipe,
         model=model,
@@ -224,7 +220,6 @@ def load_model(model: str, *, family: str, revision: str | None, variant: str | 
         device=device,
         pipeline_class=type(pipe).__name__,
         native_scheduler=dict(pipe.scheduler.config),
-        load_s=load_s,
     )
     _LOADED[key] = loaded
     return loaded
