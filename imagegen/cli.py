@@ -34,8 +34,8 @@ Size = Annotated[Optional[str], typer.Option("--size", metavar="WxH", help="Imag
 Scheduler = Annotated[Optional[str], typer.Option("--scheduler", "-s", help="Scheduler by A1111 ('DPM++ 2M Karras'), ComfyUI ('dpmpp_2m karras'), slug or diffusers class name; see `imagegen schedulers`.")]
 Count = Annotated[Optional[str], typer.Option("-n", "--n", metavar="INT", help="Number of images.")]
 BatchSize = Annotated[Optional[str], typer.Option("--batch-size", metavar="INT", help="Images per pipeline call (results do not depend on it).")]
-Preset = Annotated[Optional[str], typer.Option("--preset", "-p", help="Preset name or .toml path; see `imagegen presets list`. Default: sdxl.")]
-Model = Annotated[Optional[str], typer.Option("--model", "-m", help="A diffusers folder or hub repo id (overrides the preset's model).")]
+Preset = Annotated[Optional[str], typer.Option("--preset", "-p", help="Preset name or .toml path; see `imagegen presets list`. Default: sdxl; `demo` runs offline with no download.")]
+Model = Annotated[Optional[str], typer.Option("--model", "-m", help="A diffusers folder, hub repo id or builtin:demo (overrides the preset's model).")]
 Revision = Annotated[Optional[str], typer.Option("--revision", help="Hub revision (branch, tag or commit).")]
 Variant = Annotated[Optional[str], typer.Option("--variant", help="Weight variant, e.g. fp16.")]
 Dtype = Annotated[Optional[str], typer.Option("--dtype", help="auto (fp16/bf16 on GPU, fp32 on CPU), float16, bfloat16, float32.")]
@@ -191,8 +191,9 @@ def schedulers(
         sys.stdout.write(json.dumps(rows) + "\n")
         return
     _print_table(
-        ["A1111 name", "ComfyUI", "slug", "diffusers class and kwargs", "families", "stochastic"],
-        [[r["name"], r["comfyui"], r["slug"], r["diffusers"], ", ".join(r["families"]), "yes" if r["stochastic"] else ""]
+        ["A1111 name", "ComfyUI", "slug", "diffusers class and kwargs", "families", "steps", "stochastic"],
+        [[r["name"], r["comfyui"], r["slug"], r["diffusers"], ", ".join(r["families"]), str(r["steps"]),
+          "yes" if r["stochastic"] else ""]
          for r in rows],
     )
 

@@ -28,8 +28,28 @@ class ModelInfo:
     local: bool = False
 
 
+BUILTIN = "builtin:"
+
+
+def builtin_models() -> dict[str, Path]:
+    """Models shipped inside the package, by the name that follows ``builtin:``."""
+    return {"demo": Path(__file__).resolve().parent / "demo" / "model"}
+
+
 def _is_local(model: str) -> bool:
-    return model.startswith((".", "/", "~")) or os.path.isdir(os.path.expanduser(model))
+    return model.startswith((".", "/", "~", BUILTIN)) or os.path.isdir(os.path.expanduser(model))
+
+
+def local_path(model: str) -> Path:
+    """The folder of a local or built-in model."""
+    if model.startswith(BUILTIN):
+        name = model[len(BUILTIN):]
+        models = builtin_models()
+        if name not in models:
+            raise UsageError(f"--model {model}: no such built-in model; choose from "
+                             f"{', '.join(BUILTIN + n for n in sorted(models))}")
+        return models[name]
+    return Path(model).expanduser()
 
 
 def _read_json(path: str | Path) -> dict | None:
@@ -40,12 +60,12 @@ def _read_json(path: str | Path) -> dict | None:
 
 
 def canonical_model(model: str) -> str:
-    """A local folder as an absolute path (so a recipe replays from anywhere); a repo id as given."""
+    """A local folder as an absolute path (so a recipe replays from anywhere); a repo id or builtin: name as given."""
     if _is_local(model):
-        path = Path(model).expanduser()
+        path = local_path(model)
         if not path.is_dir():
             raise UsageError(f"--model {model}: no such folder")
-        return str(path.resolve())
+        return model if model.startswith(BUILTIN) else str(path.resolve())
     if "/" not in model:
         raise UsageError(
             f"--model {model}: no such folder, and not a hub repo id (org/name)"
@@ -63,7 +83,7 @@ def _preset_exists(name: str) -> bool:
 def _config_reader(model: str, revision: str | None):
     """A function reading a JSON file of the model by relative path, from its folder or the HF cache only."""
     if _is_local(model):
-        root = Path(model).expanduser()
+        root = local_path(model)
         if not root.is_dir():
             raise UsageError(f"--model {model}: no such folder")
         if not (root / "model_index.json").is_file():
@@ -190,7 +210,7 @@ def load_model(model: str, *, family: str, revision: str | None, variant: str | 
     import torch
 
     cls = getattr(diffusers, FAMILIES[family].pipeline_class)
-    path = str(Path(model).expanduser()) if _is_local(model) else model
+    path = str(local_path(model)) if _is_local(model) else model
     try:
         pipe = cls.from_pretrained(
             path,
@@ -274,7 +294,7 @@ def load_error(model: str, revision: str | None, exc: Exception) -> Exception:
         )
     if any(isinstance(e, hub.RevisionNotFoundError) for e in chain):
         return UsageError(f"--revision {revision}: {model} has no such revision")
-    pickle_only = not _is_local(model) or any(Path(model).expanduser().rglob("*.bin"))
+    pickle_only = not _is_local(model) or any(local_path(model).rglob("*.bin"))
     if pickle_only and "safetensors" in text and any(s in text for s in ("Could not find", "use_safetensors", "no file named")):
         return RunError(
             f"{at} has no safetensors weights (only pickle .bin files, which can run arbitrary code when loaded); "
@@ -303,7 +323,8 @@ def not_cached_message(model: str, revision: str | None) -> str:
     return (
         f"{at} is not in the Hugging Face cache ({_hub_cache()}) and the hub cannot be reached"
         f"{' (HF_HUB_OFFLINE is set)' if os.environ.get('HF_HUB_OFFLINE') else ''}: download it on a "
-        f"connected machine with `hf download {model}` and copy the cache, or pass --model DIR"
+        f"connected machine with `hf download {model}` and copy the cache, or pass --model DIR "
+        f"(or try the built-in demo model, which needs no download: --preset demo)"
     )
 
 

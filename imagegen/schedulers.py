@@ -49,6 +49,7 @@ class Sampler:
     eps: Impl | None = None
     flow: Impl | None = None
     aliases: tuple[str, ...] = ()
+    steps: int = 20  # recommended step count (2nd-order samplers evaluate the model about twice per step)
 
     def impl(self, kind: str) -> Impl | None:
         return self.eps if kind == "eps" else self.flow
@@ -81,23 +82,23 @@ SAMPLERS: dict[str, Sampler] = {
         Sampler(
             "euler_a", "Euler a", "euler_ancestral",
             eps=Impl("EulerAncestralDiscreteScheduler", schedules=("sgm_uniform",), stochastic=True),
-            aliases=("euler ancestral",),
+            aliases=("euler ancestral",), steps=30,
         ),
         Sampler(
             "heun", "Heun", "heun",
             eps=Impl("HeunDiscreteScheduler", schedules=_EPS_SCHEDULES),
             # Flux passes custom sigmas, which FlowMatchHeun does not accept.
-            flow=Impl("FlowMatchHeunDiscreteScheduler", families=("sd3",)),
+            flow=Impl("FlowMatchHeunDiscreteScheduler", families=("sd3",)), steps=15,
         ),
-        Sampler("dpm2", "DPM2", "dpm_2", eps=Impl("KDPM2DiscreteScheduler", schedules=_EPS_SCHEDULES)),
+        Sampler("dpm2", "DPM2", "dpm_2", eps=Impl("KDPM2DiscreteScheduler", schedules=_EPS_SCHEDULES), steps=15),
         Sampler(
             "dpm2_a", "DPM2 a", "dpm_2_ancestral",
-            eps=Impl("KDPM2AncestralDiscreteScheduler", schedules=_EPS_SCHEDULES, stochastic=True),
+            eps=Impl("KDPM2AncestralDiscreteScheduler", schedules=_EPS_SCHEDULES, stochastic=True), steps=20,
         ),
-        Sampler("lms", "LMS", "lms", eps=Impl("LMSDiscreteScheduler", schedules=_EPS_SCHEDULES, needs="scipy")),
-        Sampler("ddim", "DDIM", "ddim", eps=Impl("DDIMScheduler", schedules=("sgm_uniform",))),
-        Sampler("ddpm", "DDPM", "ddpm", eps=Impl("DDPMScheduler", schedules=("sgm_uniform",), stochastic=True)),
-        Sampler("plms", "PLMS", None, eps=Impl("PNDMScheduler", schedules=("sgm_uniform",)), aliases=("pndm",)),
+        Sampler("lms", "LMS", "lms", eps=Impl("LMSDiscreteScheduler", schedules=_EPS_SCHEDULES, needs="scipy"), steps=50),
+        Sampler("ddim", "DDIM", "ddim", eps=Impl("DDIMScheduler", schedules=("sgm_uniform",)), steps=30),
+        Sampler("ddpm", "DDPM", "ddpm", eps=Impl("DDPMScheduler", schedules=("sgm_uniform",), stochastic=True), steps=50),
+        Sampler("plms", "PLMS", None, eps=Impl("PNDMScheduler", schedules=("sgm_uniform",)), aliases=("pndm",), steps=50),
         Sampler(
             "dpmpp_2m", "DPM++ 2M", "dpmpp_2m",
             eps=Impl("DPMSolverMultistepScheduler", schedules=_EPS_SCHEDULES),
@@ -115,6 +116,7 @@ SAMPLERS: dict[str, Sampler] = {
             # diffusers' docs map it to DPMSolverSinglestep, which is a deterministic ODE solver: a different sampler.
             "dpmpp_sde", "DPM++ SDE", "dpmpp_sde",
             eps=Impl("DPMSolverSDEScheduler", schedules=_SIGMA_SCHEDULES, needs="torchsde", stochastic=True),
+            steps=15,
         ),
         Sampler(
             "dpmpp_singlestep", "DPM++ Singlestep", None,
@@ -123,7 +125,7 @@ SAMPLERS: dict[str, Sampler] = {
         Sampler(
             "unipc", "UniPC", "uni_pc",
             eps=Impl("UniPCMultistepScheduler", schedules=_EPS_SCHEDULES),
-            flow=Impl("UniPCMultistepScheduler"),
+            flow=Impl("UniPCMultistepScheduler"), steps=15,
         ),
         Sampler(
             # No flow implementation: DEIS with flow sigmas ends on a non-zero sigma and draws wrong images.
@@ -341,6 +343,7 @@ def scheduler_table(family: str | None = None) -> list[dict]:
                     ),
                     "families": works,
                     "stochastic": stochastic,
+                    "steps": sampler.steps,
                 }
             )
     return rows

@@ -174,6 +174,8 @@ def test_scheduler_table_cli(cli):
     names = {r["name"] for r in rows}
     assert {"Euler", "DPM++ 2M", "UniPC"} <= names and "DDIM" not in names
     assert all(r["families"] == ["sd3"] for r in rows)
+    steps = {r["name"]: r["steps"] for r in rows}
+    assert steps["Euler"] == 20 and steps["Heun"] == 15  # recommended step counts
     full = cli("schedulers")
     assert full.code == 0 and "DPM++ 2M Karras" in full.out and "dpmpp_2m + karras" in full.out
     bad = cli("schedulers", "--family", "sd4")

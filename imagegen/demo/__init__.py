@@ -1,0 +1,1 @@
+"""The built-in demo model: a tiny SDXL-class pipeline trained on coloured shapes (see ``train.py``)."""

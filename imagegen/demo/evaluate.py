@@ -1,0 +1,137 @@
+"""Measure what the demo model draws: generate prompts of the grammar and judge each image with the analyzer.
+
+    python -m imagegen.demo.evaluate                       # the full grid at the preset's defaults, CFG on and off
+    python -m imagegen.demo.evaluate --schedulers all      # every SDXL scheduler at its recommended step count
+
+Everything goes through ``imagegen.generate`` (the same code path as the CLI), with one fixed seed per prompt, so
+the numbers are reproducible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import world
+from .analyzer import Verdict, analyze
+
+PRESET = "demo"
+BASE_SEED = 1000
+
+
+@dataclass
+class Score:
+    """Accuracy of one configuration over a list of prompts."""
+
+    label: str
+    n: int = 0
+    colour: int = 0
+    background: int = 0
+    shape: int = 0
+    all: int = 0
+    seconds: float = 0.0
+    misses: list[tuple[str, Verdict]] = field(default_factory=list)
+
+    def add(self, want: world.Description, got: Verdict, prompt: str) -> None:
+        self.n += 1
+        ok_colour = got.colour == want.colour
+        ok_background = want.background is None or got.background == want.background
+        ok_shape = got.shape == want.shape
+        self.colour += ok_colour
+        self.background += ok_background
+        self.shape += ok_shape
+        self.all += ok_colour and ok_background and ok_shape
+        if not (ok_colour and ok_background and ok_shape):
+            self.misses.append((prompt, got))
+
+    def rate(self, what: str) -> float:
+        return getattr(self, what) / self.n if self.n else 0.0
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "n": self.n,
+            "colour": round(self.rate("colour"), 4),
+            "background": round(self.rate("background"), 4),
+            "shape": round(self.rate("shape"), 4),
+            "all": round(self.rate("all"), 4),
+            "seconds": round(self.seconds, 1),
+        }
+
+
+def subset(step: int = 7) -> list[world.Description]:
+    """Every ``step``-th grid prompt (24 of 168 for 7): each colour appears as shape and as background."""
+    return world.grid()[::step]
+
+
+def score(
+    descriptions: list[world.Description],
+    *,
+    label: str = "defaults",
+    seed: int = BASE_SEED,
+    **fields: Any,
+) -> Score:
+    """Generate one image per description (seed + position) through imagegen.generate and judge it."""
+    from ..generate import generate
+
+    result = Score(label)
+    started = time.perf_counter()
+    for i, want in enumerate(descriptions):
+        prompt = want.prompt()
+        out = generate(prompt, preset=PRESET, seed=seed + i, save=False, **fields)
+        result.add(want, analyze(out.images[0].image), prompt)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def scheduler_sweep(descriptions: list[world.Description], names: list[str] | None = None) -> list[Score]:
+    """Every scheduler of the demo preset (or ``names``) at its recommended step count."""
+    from ..presets import load_preset
+    from ..schedulers import resolve_scheduler
+
+    preset = load_preset(PRESET)
+    scores = []
+    for name in names or list(preset.schedulers):
+        choice = resolve_scheduler(name, "sdxl", where="--scheduler")
+        steps = choice.sampler.steps
+        scores.append(score(descriptions, label=f"{choice.name} ({steps} steps)", scheduler=name, steps=steps))
+    return scores
+
+
+def _table(scores: list[Score]) -> str:
+    lines = ["| configuration | prompts | colour | background | shape | all three | seconds |", "|---|---|---|---|---|---|---|"]
+    for s in scores:
+        r = s.row()
+        lines.append(
+            f"| {r['label']} | {r['n']} | {r['colour']:.1%} | {r['background']:.1%} | {r['shape']:.1%} | "
+            f"{r['all']:.1%} | {r['seconds']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m imagegen.demo.evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--schedulers", default=None, help="'all' or a comma-separated list: run the scheduler sweep")
+    p.add_argument("--subset", type=int, default=0, help="use every N-th grid prompt (0: the full grid)")
+    p.add_argument("--misses", action="store_true", help="list the prompts judged wrong")
+    args = p.parse_args(argv)
+
+    prompts = subset(args.subset) if args.subset else world.grid()
+    if args.schedulers:
+        names = None if args.schedulers == "all" else [s.strip() for s in args.schedulers.split(",")]
+        scores = scheduler_sweep(prompts, names)
+    else:
+        scores = [score(prompts, label="preset defaults"), score(prompts, label="CFG 1 (guidance off)", cfg=1.0)]
+    print(_table(scores))
+    if args.misses:
+        for s in scores:
+            for prompt, got in s.misses:
+                print(f"{s.label}: {prompt!r} -> {got.colour} {got.shape} on {got.background}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

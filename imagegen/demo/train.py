@@ -1,0 +1,420 @@
+"""Train the demo model: a tiny Stable Diffusion XL (same component classes, same pipeline) on the shapes world.
+
+    python -m imagegen.demo.train --out imagegen/demo/model          # the shipped weights (see the README)
+    python -m imagegen.demo.train --out /tmp/demo --vae-steps 50 --unet-steps 100   # a short check
+
+Seeded end to end: the same seed, step counts and thread count give the same weights. Two stages:
+
+1. The VAE (``AutoencoderKL``, 3 blocks: 64x64 pixels <-> 16x16x4 latents) learns to reconstruct the pictures.
+2. The UNet (``UNet2DConditionModel`` with SDXL's ``text_time`` conditioning) and both CLIP text encoders learn
+   to denoise the latents, with the caption dropped 10% of the time so classifier-free guidance works.
+   Loss: epsilon MSE with min-SNR-5 weighting; the saved weights are an exponential moving average.
+
+The text is encoded exactly as ``StableDiffusionXLPipeline.encode_prompt`` does (penultimate hidden states of
+both encoders, concatenated; pooled embedding of the second), and the pipeline is saved with
+``force_zeros_for_empty_prompt=False`` so its unconditional branch is the empty caption the model was trained on.
+``manifest.json`` in the output folder records how the weights were made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import world
+
+SCRIPT_VERSION = "1"
+MAX_TOKENS = 24  # tokenizer model_max_length: the longest grammar caption is 10 tokens
+TEXT_HIDDEN = 64
+TIME_IDS = (world.IMAGE_SIZE, world.IMAGE_SIZE, 0, 0, world.IMAGE_SIZE, world.IMAGE_SIZE)
+CAPTION_DROPOUT = 0.1
+MIN_SNR_GAMMA = 5.0
+
+# The schedule the UNet is trained on, and the pipeline's native scheduler. Linear betas to 0.02 leave almost no
+# signal at t=999 (sqrt(alpha_bar) = 0.006): on 16x16 latents SDXL's scaled_linear schedule (0.068) would leak the
+# background colour into the noise, and sampling from pure noise would then get it wrong.
+SCHEDULER_CONFIG: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.0001,
+    "beta_end": 0.02,
+    "beta_schedule": "linear",
+    "prediction_type": "epsilon",
+    "timestep_spacing": "trailing",
+    "steps_offset": 0,
+    "interpolation_type": "linear",
+    "use_karras_sigmas": False,
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "sample_max_value": 1.0,
+}
+
+_BOS = "<|startoftext|>"
+_EOS = "<|endoftext|>"
+
+
+def build_tokenizer():
+    """A CLIP BPE tokenizer whose merges make every grammar word one token; other text falls back to bytes."""
+    from tokenizers import Tokenizer  # noqa: F401  (transformers' tokenizer backend; imported for a clear error)
+    from transformers import CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    chars = list(bytes_to_unicode().values())
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
+    merges: list[tuple[str, str]] = []
+
+    def make():
+        full = dict(vocab)
+        full[_BOS] = len(full)
+        full[_EOS] = len(full)
+        return CLIPTokenizer(vocab=full, merges=list(merges), model_max_length=MAX_TOKENS)
+
+    for word in world.vocabulary():
+        tok = make()
+        pieces = tok.tokenize(word)
+        while len(pieces) > 1:
+            pair = (pieces[0], pieces[1])
+            merges.append(pair)
+            vocab.setdefault(pair[0] + pair[1], len(vocab))
+            pieces = [pair[0] + pair[1], *pieces[2:]]
+    tok = make()
+    for word in world.vocabulary():
+        if len(tok.tokenize(word)) != 1:
+            raise RuntimeError(f"demo tokenizer: {word!r} is not one token: {tok.tokenize(word)}")
+    return tok
+
+
+def build_components(tokenizer) -> dict[str, Any]:
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    vocab = tokenizer.get_vocab()
+    text_config = CLIPTextConfig(
+        vocab_size=len(vocab),
+        hidden_size=TEXT_HIDDEN,
+        intermediate_size=2 * TEXT_HIDDEN,
+        projection_dim=TEXT_HIDDEN,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        max_position_embeddings=MAX_TOKENS,
+        hidden_act="gelu",
+        layer_norm_eps=1e-5,
+        bos_token_id=vocab[_BOS],
+        eos_token_id=vocab[_EOS],
+        pad_token_id=vocab[_EOS],
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(16, 32, 32),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=16,
+        sample_size=world.IMAGE_SIZE,
+        mid_block_add_attention=False,
+        force_upcast=False,
+    )
+    unet = UNet2DConditionModel(
+        sample_size=world.IMAGE_SIZE // 4,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(64, 128),
+        layers_per_block=1,
+        attention_head_dim=(2, 4),  # diffusers' name for the number of heads
+        transformer_layers_per_block=1,
+        cross_attention_dim=2 * TEXT_HIDDEN,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=TEXT_HIDDEN + 6 * 8,
+        use_linear_projection=True,
+        norm_num_groups=32,
+    )
+    return {
+        "vae": vae,
+        "unet": unet,
+        "text_encoder": CLIPTextModel(text_config),
+        "text_encoder_2": CLIPTextModelWithProjection(text_config),
+        "tokenizer": tokenizer,
+        "tokenizer_2": tokenizer,
+        "scheduler": EulerDiscreteScheduler.from_config(SCHEDULER_CONFIG),
+    }
+
+
+def encode_text(text_encoder, text_encoder_2, ids):
+    """(prompt_embeds, pooled) exactly as StableDiffusionXLPipeline.encode_prompt computes them."""
+    import torch
+
+    first = text_encoder(ids, output_hidden_states=True)
+    second = text_encoder_2(ids, output_hidden_states=True)
+    return torch.cat([first.hidden_states[-2], second.hidden_states[-2]], dim=-1), second[0]
+
+
+class Curve:
+    """Training losses averaged over blocks of steps: at most ~100 points, whatever the step count."""
+
+    def __init__(self, steps: int) -> None:
+        self.block = max(1, steps // 100)
+        self.points: list[float] = []
+        self._acc: list[float] = []
+
+    def add(self, loss: float) -> None:
+        self._acc.append(loss)
+        if len(self._acc) == self.block:
+            self.points.append(round(sum(self._acc) / len(self._acc), 6))
+            self._acc = []
+
+    @property
+    def final(self) -> float:
+        """The mean of the last tenth of the run (or the last point)."""
+        tail = self.points[-max(1, len(self.points) // 10):]
+        return sum(tail) / len(tail) if tail else float("nan")
+
+
+class Log:
+    def __init__(self, quiet: bool = False) -> None:
+        self.start = time.monotonic()
+        self.quiet = quiet
+
+    def __call__(self, message: str) -> None:
+        if not self.quiet:
+            print(f"[{time.monotonic() - self.start:7.1f} s] {message}", file=sys.stderr, flush=True)
+
+
+def _scenes(n: int, rng: random.Random) -> list[world.Scene]:
+    return [world.sample_scene(rng) for _ in range(n)]
+
+
+def _pixels(scenes):
+    import numpy as np
+    import torch
+
+    arr = np.stack([np.asarray(world.render(s), dtype=np.uint8) for s in scenes])
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def _cosine_lr(step: int, total: int, peak: float, warmup: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train_vae(vae, pixels, steps: int, batch: int, lr: float, gen, log: Log) -> Curve:
+    import torch
+
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    vae.train()
+    curve = Curve(steps)
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = _cosine_lr(step, steps, lr, warmup=min(100, steps // 10 + 1))
+        idx = torch.randint(0, pixels.shape[0], (batch,), generator=gen)
+        x = pixels[idx]
+        posterior = vae.encode(x).latent_dist
+        z = posterior.sample(generator=gen)
+        recon = vae.decode(z).sample
+        kl = posterior.kl().mean() / z[0].numel()
+        loss = torch.nn.functional.mse_loss(recon, x) + 1e-4 * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        curve.add(loss.item())
+        if step % 100 == 0 or step == steps - 1:
+            log(f"vae  step {step + 1:5d}/{steps}  loss {loss.item():.5f}  (recent mean {curve.final:.5f})")
+    vae.eval()
+    return curve
+
+
+def encode_latents(vae, pixels, batch: int = 256):
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for i in range(0, pixels.shape[0], batch):
+            out.append(vae.encode(pixels[i : i + batch]).latent_dist.mode())
+    return torch.cat(out)
+
+
+def train_unet(parts, latents, scenes, steps: int, batch: int, lr: float, rng: random.Random, gen, log: Log) -> Curve:
+    import torch
+    from diffusers import DDPMScheduler
+
+    unet, te1, te2, tokenizer = parts["unet"], parts["text_encoder"], parts["text_encoder_2"], parts["tokenizer"]
+    noise_scheduler = DDPMScheduler.from_config(SCHEDULER_CONFIG)
+    alphas_cumprod = noise_scheduler.alphas_cumprod
+    snr = alphas_cumprod / (1 - alphas_cumprod)
+    weights = torch.clamp(snr, max=MIN_SNR_GAMMA) / snr
+
+    modules = [unet, te1, te2]
+    params = [p for m in modules for p in m.parameters()]
+    ema = [p.detach().clone() for p in params]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    for m in modules:
+        m.train()
+    time_ids = torch.tensor([TIME_IDS], dtype=torch.float32).repeat(batch, 1)
+    token_cache: dict[str, Any] = {}
+
+    def ids_for(texts: list[str]):
+        missing = [t for t in set(texts) if t not in token_cache]
+        if missing:
+            enc = tokenizer(missing, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt")
+            for t, row in zip(missing, enc.input_ids):
+                token_cache[t] = row
+        return torch.stack([token_cache[t] for t in texts])
+
+    curve = Curve(steps)
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = _cosine_lr(step, steps, lr, warmup=min(300, steps // 10 + 1))
+        idx = torch.randint(0, latents.shape[0], (batch,), generator=gen)
+        texts = [
+            "" if rng.random() < CAPTION_DROPOUT else world.caption(scenes[i], rng) for i in idx.tolist()
+        ]
+        x0 = latents[idx]
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch,), generator=gen)
+        xt = noise_scheduler.add_noise(x0, noise, t)
+        embeds, pooled = encode_text(te1, te2, ids_for(texts))
+        pred = unet(xt, t, embeds, added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample
+        per_sample = ((pred - noise) ** 2).mean(dim=(1, 2, 3))
+        loss = (per_sample * weights[t]).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        decay = min(0.999, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for e, p in zip(ema, params):
+                e.lerp_(p.detach(), 1 - decay)
+        curve.add(loss.item())
+        if step % 100 == 0 or step == steps - 1:
+            log(f"unet step {step + 1:5d}/{steps}  loss {loss.item():.5f}  (recent mean {curve.final:.5f})")
+    with torch.no_grad():
+        for e, p in zip(ema, params):
+            p.copy_(e)
+    for m in modules:
+        m.eval()
+    return curve
+
+
+def train(
+    out: str | os.PathLike,
+    *,
+    seed: int = 0,
+    images: int = 24000,
+    vae_steps: int = 1500,
+    unet_steps: int = 3000,
+    batch: int = 64,
+    vae_batch: int = 32,
+    lr: float = 5e-4,
+    vae_lr: float = 2e-3,
+    threads: int | None = None,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Train the demo model and save it as a StableDiffusionXLPipeline folder at ``out``; returns the manifest."""
+    import diffusers
+    import torch
+    import transformers
+    from diffusers import StableDiffusionXLPipeline
+
+    from ..models import quiet_libraries
+
+    quiet_libraries()
+    log = Log(quiet)
+    threads = threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    rng = random.Random(seed)
+    started = time.monotonic()
+
+    parts = build_components(build_tokenizer())
+    scenes = _scenes(images, rng)
+    pixels = _pixels(scenes)
+    log(f"{images} pictures rendered; {threads} threads")
+
+    vae_curve = train_vae(parts["vae"], pixels, vae_steps, vae_batch, vae_lr, gen, log)
+    latents = encode_latents(parts["vae"], pixels)
+    scaling = float(1.0 / latents.std())
+    parts["vae"].register_to_config(scaling_factor=scaling)
+    latents = latents * scaling
+    log(f"latents {tuple(latents.shape)}, scaling_factor {scaling:.5f}")
+
+    unet_curve = train_unet(parts, latents, scenes, unet_steps, batch, lr, rng, gen, log)
+    seconds = time.monotonic() - started
+
+    pipe = StableDiffusionXLPipeline(**parts, force_zeros_for_empty_prompt=False, add_watermarker=False)
+    target = Path(out)
+    target.mkdir(parents=True, exist_ok=True)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    pipe.save_pretrained(target, safe_serialization=True)
+    manifest = {
+        "name": "imagegen demo model",
+        "script": "imagegen.demo.train",
+        "script_version": SCRIPT_VERSION,
+        "command": {
+            "seed": seed,
+            "images": images,
+            "vae_steps": vae_steps,
+            "unet_steps": unet_steps,
+            "batch": batch,
+            "vae_batch": vae_batch,
+            "lr": lr,
+            "vae_lr": vae_lr,
+            "threads": threads,
+        },
+        "final_loss": {"vae": round(vae_curve.final, 6), "unet": round(unet_curve.final, 6)},
+        "loss_curve": {"vae": vae_curve.points, "unet": unet_curve.points},
+        "train_seconds": round(seconds, 1),
+        "parameters": {
+            name: sum(p.numel() for p in parts[name].parameters())
+            for name in ("unet", "vae", "text_encoder", "text_encoder_2")
+        },
+        "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__},
+        "world": {"colours": list(world.COLOURS), "shapes": list(world.SHAPES), "image_size": world.IMAGE_SIZE},
+    }
+    (target / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    log(f"saved to {target} after {seconds / 60:.1f} min; final loss vae {vae_curve.final:.5f}, unet {unet_curve.final:.5f}")
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m imagegen.demo.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, help="folder to write the pipeline to (e.g. imagegen/demo/model)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--images", type=int, default=24000, help="pictures in the training set")
+    p.add_argument("--vae-steps", type=int, default=1500)
+    p.add_argument("--unet-steps", type=int, default=3000)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    args = p.parse_args(argv)
+    train(
+        args.out,
+        seed=args.seed,
+        images=args.images,
+        vae_steps=args.vae_steps,
+        unet_steps=args.unet_steps,
+        batch=args.batch,
+        lr=args.lr,
+        threads=args.threads,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
