@@ -315,7 +315,7 @@ def train(
     seed: int = 0,
     images: int = 24000,
     vae_steps: int = 1500,
-    unet_steps: int = 3000,
+    unet_steps: int = 4000,
     batch: int = 64,
     vae_batch: int = 32,
     lr: float = 5e-4,
@@ -398,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--images", type=int, default=24000, help="pictures in the training set")
     p.add_argument("--vae-steps", type=int, default=1500)
-    p.add_argument("--unet-steps", type=int, default=3000)
+    p.add_argument("--unet-steps", type=int, default=4000)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
