@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["build_tiny_flux", "build_tiny_sd3", "build_tiny_sdxl"]
+__all__ = ["build_tiny_flux", "build_tiny_sd3", "build_tiny_sdxl", "clip_byte_vocab", "clip_text_config", "with_clip_specials"]
 
 # Size rules for the tiny pipelines (all three VAEs have 4 blocks, so vae_scale_factor = 2 ** 3 = 8, as in
 # the real models; checked on diffusers 0.42.1):
@@ -60,8 +60,8 @@ _FLUX_DEV_SCHEDULER_CONFIG: dict[str, Any] = {
     "use_dynamic_shifting": True,
 }
 
-_BOS = "<|startoftext|>"
-_EOS = "<|endoftext|>"
+BOS = "<|startoftext|>"
+EOS = "<|endoftext|>"
 
 
 def _seed(seed: int, offset: int) -> None:
@@ -70,19 +70,30 @@ def _seed(seed: int, offset: int) -> None:
     torch.manual_seed(seed * 1000 + offset)
 
 
-def _clip_vocab() -> dict[str, int]:
-    """Byte-level CLIP vocab with no merges: 256 bytes, 256 bytes + '</w>', then BOS and EOS (like real CLIP)."""
+def clip_byte_vocab() -> dict[str, int]:
+    """CLIP's byte-level base vocab: the 256 byte characters, then the same with '</w>' (no specials, no merges)."""
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
     chars = list(bytes_to_unicode().values())
     vocab = {c: i for i, c in enumerate(chars)}
     vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
-    vocab[_BOS] = len(vocab)
-    vocab[_EOS] = len(vocab)
     return vocab
 
 
-def _clip_tokenizer(pad_token: str = _EOS):
+def with_clip_specials(vocab: dict[str, int]) -> dict[str, int]:
+    """A copy of ``vocab`` with BOS and EOS appended, as real CLIP numbers them (last)."""
+    full = dict(vocab)
+    full[BOS] = len(full)
+    full[EOS] = len(full)
+    return full
+
+
+def _clip_vocab() -> dict[str, int]:
+    """Byte-level CLIP vocab with no merges: 256 bytes, 256 bytes + '</w>', then BOS and EOS (like real CLIP)."""
+    return with_clip_specials(clip_byte_vocab())
+
+
+def _clip_tokenizer(pad_token: str = EOS):
     from transformers import CLIPTokenizer
 
     return CLIPTokenizer(vocab=_clip_vocab(), merges=[], pad_token=pad_token, model_max_length=77)
@@ -100,23 +111,24 @@ def _t5_tokenizer(model_max_length: int = 512):
     return T5TokenizerFast(vocab=vocab, extra_ids=0, model_max_length=model_max_length)
 
 
-def _clip_text_config(vocab_size: int, hidden_size: int, projection_dim: int):
+def clip_text_config(vocab: dict[str, int], hidden_size: int, projection_dim: int, *, layers: int = 5,
+                     max_positions: int = 77):
+    """A small CLIP text config whose special-token ids come from ``vocab`` (layers=5: clip_skip up to 4 works)."""
     from transformers import CLIPTextConfig
 
-    vocab = _clip_vocab()
     return CLIPTextConfig(
-        vocab_size=vocab_size,
+        vocab_size=len(vocab),
         hidden_size=hidden_size,
         intermediate_size=2 * hidden_size,
         projection_dim=projection_dim,
-        num_hidden_layers=5,  # clip_skip up to 4 works
+        num_hidden_layers=layers,
         num_attention_heads=4,
-        max_position_embeddings=77,
+        max_position_embeddings=max_positions,
         hidden_act="gelu",
         layer_norm_eps=1e-5,
-        bos_token_id=vocab[_BOS],
-        eos_token_id=vocab[_EOS],
-        pad_token_id=vocab[_EOS],
+        bos_token_id=vocab[BOS],
+        eos_token_id=vocab[EOS],
+        pad_token_id=vocab[EOS],
     )
 
 
@@ -236,7 +248,7 @@ def _tiny_sdxl(seed: int) -> Any:
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    vocab_size = len(_clip_vocab())
+    vocab = _clip_vocab()
     te1_hidden, te2_hidden, te2_proj, time_dim = 32, 64, 32, 8  # real: 768, 1280, 1280, 256
 
     _seed(seed, 0)
@@ -260,9 +272,9 @@ def _tiny_sdxl(seed: int) -> Any:
     _seed(seed, 1)
     vae = _vae(latent_channels=4, scaling_factor=0.13025, shift_factor=None, quant_conv=True)
     _seed(seed, 2)
-    text_encoder = CLIPTextModel(_clip_text_config(vocab_size, te1_hidden, te1_hidden))
+    text_encoder = CLIPTextModel(clip_text_config(vocab, te1_hidden, te1_hidden))
     _seed(seed, 3)
-    text_encoder_2 = CLIPTextModelWithProjection(_clip_text_config(vocab_size, te2_hidden, te2_proj))
+    text_encoder_2 = CLIPTextModelWithProjection(clip_text_config(vocab, te2_hidden, te2_proj))
     scheduler = EulerDiscreteScheduler.from_config(_SDXL_SCHEDULER_CONFIG)
     pipe = StableDiffusionXLPipeline(
         vae=vae,
@@ -280,7 +292,7 @@ def _tiny_sd3(seed: int) -> Any:
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
     from transformers import CLIPTextModelWithProjection
 
-    vocab_size = len(_clip_vocab())
+    vocab = _clip_vocab()
     t5_tok = _t5_tokenizer()
     clip_l, clip_g, t5_dim = 32, 64, 128  # real: 768, 1280, 4096 (CLIP-L + CLIP-G are padded up to T5's width)
 
@@ -301,9 +313,9 @@ def _tiny_sd3(seed: int) -> Any:
     _seed(seed, 1)
     vae = _vae(latent_channels=16, scaling_factor=1.5305, shift_factor=0.0609, quant_conv=False)
     _seed(seed, 2)
-    text_encoder = CLIPTextModelWithProjection(_clip_text_config(vocab_size, clip_l, clip_l))
+    text_encoder = CLIPTextModelWithProjection(clip_text_config(vocab, clip_l, clip_l))
     _seed(seed, 3)
-    text_encoder_2 = CLIPTextModelWithProjection(_clip_text_config(vocab_size, clip_g, clip_g))
+    text_encoder_2 = CLIPTextModelWithProjection(clip_text_config(vocab, clip_g, clip_g))
     _seed(seed, 4)
     text_encoder_3 = _t5_encoder(t5_dim, len(t5_tok))
     pipe = StableDiffusion3Pipeline(
@@ -324,7 +336,7 @@ def _tiny_flux(seed: int, dynamic_shifting: bool) -> Any:
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextModel
 
-    vocab_size = len(_clip_vocab())
+    vocab = _clip_vocab()
     t5_tok = _t5_tokenizer()
     clip_dim, t5_dim, latent_channels = 32, 64, 16  # real: 768, 4096, 16
 
@@ -344,7 +356,7 @@ def _tiny_flux(seed: int, dynamic_shifting: bool) -> Any:
     _seed(seed, 1)
     vae = _vae(latent_channels=latent_channels, scaling_factor=0.3611, shift_factor=0.1159, quant_conv=False)
     _seed(seed, 2)
-    text_encoder = CLIPTextModel(_clip_text_config(vocab_size, clip_dim, clip_dim))
+    text_encoder = CLIPTextModel(clip_text_config(vocab, clip_dim, clip_dim))
     _seed(seed, 3)
     text_encoder_2 = _t5_encoder(t5_dim, len(t5_tok))
     config = _FLUX_DEV_SCHEDULER_CONFIG if dynamic_shifting else _FLUX_SCHNELL_SCHEDULER_CONFIG

@@ -15,6 +15,7 @@ import pytest
 from imagegen.demo import world
 from imagegen.demo.analyzer import analyze, nearest_colour
 from imagegen.models import builtin_models
+from imagegen.presets import load_preset
 
 MODEL = builtin_models()["demo"]
 
@@ -120,8 +121,6 @@ def test_demo_tokenizer_keeps_grammar_words_whole():
 
 
 def test_demo_preset_points_at_the_builtin_model():
-    from imagegen.presets import load_preset
-
     preset = load_preset("demo")
     assert preset.model == "builtin:demo" and preset.family == "sdxl"
     assert preset.defaults.size == (64, 64)
@@ -185,7 +184,7 @@ def test_prompts_outside_the_grid_wording(cli, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("scheduler", __import__("imagegen.presets", fromlist=["x"]).load_preset("demo").schedulers)
+@pytest.mark.parametrize("scheduler", load_preset("demo").schedulers)
 def test_every_sdxl_scheduler_reaches_the_colour_target(scheduler):
     from imagegen.demo.evaluate import scheduler_sweep, subset
 

@@ -56,26 +56,17 @@ SCHEDULER_CONFIG: dict[str, Any] = {
     "sample_max_value": 1.0,
 }
 
-_BOS = "<|startoftext|>"
-_EOS = "<|endoftext|>"
-
-
 def build_tokenizer():
     """A CLIP BPE tokenizer whose merges make every grammar word one token; other text falls back to bytes."""
-    from tokenizers import Tokenizer  # noqa: F401  (transformers' tokenizer backend; imported for a clear error)
     from transformers import CLIPTokenizer
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-    chars = list(bytes_to_unicode().values())
-    vocab = {c: i for i, c in enumerate(chars)}
-    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
+    from ..testing import clip_byte_vocab, with_clip_specials
+
+    vocab = clip_byte_vocab()  # merged words are appended after the bytes, then BOS and EOS
     merges: list[tuple[str, str]] = []
 
     def make():
-        full = dict(vocab)
-        full[_BOS] = len(full)
-        full[_EOS] = len(full)
-        return CLIPTokenizer(vocab=full, merges=list(merges), model_max_length=MAX_TOKENS)
+        return CLIPTokenizer(vocab=with_clip_specials(vocab), merges=list(merges), model_max_length=MAX_TOKENS)
 
     for word in world.vocabulary():
         tok = make()
@@ -94,22 +85,12 @@ def build_tokenizer():
 
 def build_components(tokenizer) -> dict[str, Any]:
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    vocab = tokenizer.get_vocab()
-    text_config = CLIPTextConfig(
-        vocab_size=len(vocab),
-        hidden_size=TEXT_HIDDEN,
-        intermediate_size=2 * TEXT_HIDDEN,
-        projection_dim=TEXT_HIDDEN,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        max_position_embeddings=MAX_TOKENS,
-        hidden_act="gelu",
-        layer_norm_eps=1e-5,
-        bos_token_id=vocab[_BOS],
-        eos_token_id=vocab[_EOS],
-        pad_token_id=vocab[_EOS],
+    from ..testing import clip_text_config
+
+    text_config = clip_text_config(
+        tokenizer.get_vocab(), TEXT_HIDDEN, TEXT_HIDDEN, layers=3, max_positions=MAX_TOKENS
     )
     vae = AutoencoderKL(
         in_channels=3,
