@@ -87,6 +87,89 @@ def txt2img(
 
 
 @app.command()
+def batch(
+    file: Annotated[str, typer.Argument(metavar="FILE", help="Prompt file: .txt (one prompt a line), .jsonl or .csv (per-line fields); - reads stdin.")],
+    negative: Negative = None,
+    seed: Annotated[Optional[str], typer.Option("--seed", metavar="INT", help="The run's base seed: a line without a seed gets one derived from it and the line's job index. Default: random, kept in the manifest so a rerun makes the same images.")] = None,
+    steps: Steps = None, cfg: Cfg = None, guidance: Guidance = None, size: Size = None, scheduler: Scheduler = None,
+    n: Annotated[Optional[str], typer.Option("-n", "--n", metavar="INT", help="Images per line (a line's n beats it).")] = None,
+    batch_size: Annotated[str, typer.Option("--batch-size", metavar="INT|auto", help="Images per pipeline call; auto picks by device and latent size. Results do not depend on it.")] = "auto",
+    preset: Preset = None, model: Model = None, revision: Revision = None, variant: Variant = None,
+    dtype: Dtype = None, device: Device = None,
+    out: Annotated[Optional[str], typer.Option("--out", "-o", help="Output folder; a rerun with the same folder resumes. Default: ./outputs")] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="File-name template (see txt2img --help); {index} is the image's number in the batch. Default: {index:05d}-{seed}-{prompt}")] = None,
+    metadata: Metadata = None,
+    format_: Annotated[Optional[str], typer.Option("--format", help="Prompt-file format when the name does not say: txt, jsonl, csv.")] = None,
+    expand: Annotated[bool, typer.Option("--expand", help="Expand {a|b|c} alternatives into one job per combination.")] = False,
+    skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Run the valid lines even if some are invalid (each is reported).")] = False,
+    restart: Annotated[bool, typer.Option("--restart", help="Start over in a new folder (OUT-2, OUT-3, ...) instead of resuming; nothing is overwritten.")] = False,
+    fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failed job (default: record it and go on; exit code 3).")] = False,
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the denoiser: pays off on long runs; the warm-up time is reported.")] = False,
+    quiet: Quiet = False, json_: Json = False, debug: Debug = False,
+) -> None:
+    """Generate every prompt of a file: validated first, resumable, crash-safe (flags are every line's defaults)."""
+    from .batch import prepare, run_batch
+    from .errors import Interrupted, JobsFailed, UsageError
+    from .request import PARSERS, parse_seed
+
+    try:
+        base_seed = parse_seed(seed) if seed is not None else None
+    except ValueError as exc:
+        raise UsageError(f"--seed: {exc}") from None
+    size_arg = None if batch_size.strip().lower() == "auto" else batch_size
+    if size_arg is not None:
+        try:
+            size_arg = PARSERS["batch_size"](size_arg)
+        except ValueError as exc:
+            raise UsageError(f"--batch-size: {exc}, or auto") from None
+    flags = _flags(
+        negative=negative, steps=steps, cfg=cfg, guidance=guidance, size=size, scheduler=scheduler, n=n,
+        preset=preset, model=model, revision=revision, variant=variant, dtype=dtype, device=device, out=out,
+        name=name, metadata=metadata,
+    )
+    plan = prepare(file, flags, base_seed=base_seed, fmt=format_, expand=expand, skip_invalid=skip_invalid,
+                   restart=restart)
+    from .progress import NullBatchProgress, RichBatchProgress
+
+    progress = NullBatchProgress() if quiet else RichBatchProgress()
+    result = run_batch(plan, batch_size=size_arg, fail_fast=fail_fast, compile=compile_, progress=progress)
+    if json_:
+        sys.stdout.write(json.dumps(result.to_json()) + "\n")
+    elif not quiet:
+        _batch_summary(result)
+    if result.interrupted:
+        raise Interrupted(
+            f"interrupted: {result.done} new images written, {result.remaining} to go; run the same command again "
+            f"(same file and --out {result.out_dir}) to resume"
+        )
+    if result.failed:
+        raise JobsFailed(
+            f"{result.failed} image{'s' if result.failed != 1 else ''} failed (recorded in "
+            f"{result.out_dir}/manifest.jsonl); a rerun retries them"
+        )
+
+
+def _batch_summary(result) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"batch {result.out_dir}" + (f" (process {result.rank + 1} of {result.world})" if result.world > 1 else ""))
+    table.caption = "skipped: already done, verified by sha256"
+    for column in ("done", "skipped", "failed", "invalid", "wall", "img/s", "batch size"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        str(result.done + result.adopted), str(result.skipped), str(result.failed), str(result.invalid),
+        f"{result.wall_s:.1f} s", f"{result.images_per_s:.2f}", result.batch_size,
+    )
+    console = Console(stderr=True)
+    console.print(table)
+    if result.compile_warmup_s is not None:
+        console.print(f"compile warm-up: {result.compile_warmup_s:.1f} s", highlight=False)
+    for failure in result.failures[:20]:
+        console.print(f"[red]failed[/] line {failure['line']}: {failure['error']}", highlight=False, markup=False)
+
+
+@app.command()
 def reproduce(
     source: Annotated[str, typer.Argument(metavar="FILE", help="An imagegen PNG or its .json sidecar.")],
     verify: Annotated[bool, typer.Option("--verify", help="Compare with the original; exit 4 if any pixel differs.")] = False,
@@ -226,7 +309,10 @@ def main(argv: list[str] | None = None) -> int:
             import traceback
 
             traceback.print_exc()
-        sys.stderr.write(f"imagegen: error: {exc}\n")
+        for detail in getattr(exc, "details", ()):  # e.g. every invalid line of a prompt file, one per line
+            sys.stderr.write(f"{detail}\n")
+        label = "imagegen: " if exc.exit_code == 130 else "imagegen: error: "
+        sys.stderr.write(f"{label}{exc}\n")
         return exc.exit_code
     except typer.exceptions.TyperException as exc:  # Typer's (vendored click's) usage errors
         if debug:

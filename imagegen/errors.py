@@ -21,6 +21,22 @@ class RunError(ImagegenError):
     exit_code = 1
 
 
+class OutOfMemory(RunError):
+    """The device ran out of memory for one pipeline call (a batch retries it with fewer images)."""
+
+
+class JobsFailed(ImagegenError):
+    """A batch finished but some of its jobs failed (each recorded in the manifest): exit code 3."""
+
+    exit_code = 3
+
+
+class Interrupted(ImagegenError):
+    """Stopped by Ctrl-C after writing what was done; the message says how to resume: exit code 130."""
+
+    exit_code = 130
+
+
 class VerifyError(ImagegenError):
     """`reproduce --verify` found a different image: exit code 4."""
 

@@ -105,7 +105,7 @@ def run(req: ResolvedRequest, *, progress: Progress | None = None, save: bool = 
     for start in range(0, req.n, req.batch_size):
         batch_seeds = seeds[start : start + req.batch_size]
         progress.batch(start, len(batch_seeds), batch_seeds)
-        images, call_timings = _call(pipe, req, batch_seeds, progress)
+        images, call_timings = pipeline_call(pipe, [req] * len(batch_seeds), batch_seeds, progress)
         totals["denoise_s"] += call_timings["denoise_s"]
         totals["decode_s"] += call_timings["decode_s"]
         scheduler_config = dict(pipe.scheduler.config)  # after the call: some schedulers rewrite it in set_timesteps
@@ -124,7 +124,7 @@ def run(req: ResolvedRequest, *, progress: Progress | None = None, save: bool = 
             record["output"] = {"pixels_sha256": pix}
             path = sidecar = sha = None
             if save:
-                name = render_name(req.name, _name_values(req, choice, first_index + index, seed))
+                name = render_name(req.name, name_values(req, choice, first_index + index, seed))
                 written = write_image(
                     image, out_dir, name,
                     parameters=a1111_parameters(record) if req.metadata == "full" else None,
@@ -152,7 +152,7 @@ def run(req: ResolvedRequest, *, progress: Progress | None = None, save: bool = 
     )
 
 
-def _name_values(req: ResolvedRequest, choice, index: int, seed: int) -> dict:
+def name_values(req: ResolvedRequest, choice, index: int, seed: int) -> dict:
     return {
         "index": index,
         "seed": seed,
@@ -168,29 +168,38 @@ def _name_values(req: ResolvedRequest, choice, index: int, seed: int) -> dict:
     }
 
 
-def call_kwargs(req: ResolvedRequest, count: int) -> dict:
-    """The family-specific pipeline arguments for one micro-batch (CFG means real CFG on every family)."""
+def call_kwargs(reqs: list[ResolvedRequest]) -> dict:
+    """The family-specific pipeline arguments for one micro-batch of images that share a group key."""
+    first = reqs[0]
+    negatives = [r.negative for r in reqs]
     kwargs = {
-        "prompt": req.prompt,
-        "num_images_per_prompt": count,
-        "num_inference_steps": req.steps,
-        "width": req.width,
-        "height": req.height,
+        "prompt": [r.prompt for r in reqs],
+        "num_images_per_prompt": 1,
+        "num_inference_steps": first.steps,
+        "width": first.width,
+        "height": first.height,
     }
-    if req.family == "flux":
+    if first.family == "flux":
         # Flux's guidance_scale is a distilled embedding (ignored by schnell); real CFG is true_cfg_scale.
-        kwargs["true_cfg_scale"] = req.cfg
-        kwargs["negative_prompt"] = req.negative if req.cfg > 1 else None
-        kwargs["guidance_scale"] = req.guidance if req.guidance is not None else 3.5
+        kwargs["true_cfg_scale"] = first.cfg
+        kwargs["negative_prompt"] = negatives if first.cfg > 1 else None
+        kwargs["guidance_scale"] = first.guidance if first.guidance is not None else 3.5
     else:
-        kwargs["guidance_scale"] = req.cfg
-        # An empty negative prompt is left to the pipeline's own default (SDXL: zero embeddings).
-        kwargs["negative_prompt"] = req.negative or None
+        kwargs["guidance_scale"] = first.cfg
+        # An empty negative prompt is left to the pipeline's own default (SDXL: zero embeddings); group_key keeps
+        # empty and non-empty negatives apart so this holds for every image of a micro-batch.
+        kwargs["negative_prompt"] = negatives if any(negatives) else None
     return kwargs
 
 
-def _call(pipe, req: ResolvedRequest, seeds: list[int], progress: Progress) -> tuple[list, dict]:
-    """One pipeline call for a micro-batch, one CPU generator per image so each depends only on its own seed."""
+def group_key(req: ResolvedRequest) -> tuple:
+    """Images with equal keys can share one pipeline call (and its scheduler, size and step count)."""
+    return (req.model, req.revision, req.variant, req.dtype, req.device, req.family, req.width, req.height,
+            req.steps, req.scheduler, req.cfg, req.guidance, bool(req.negative))
+
+
+def pipeline_call(pipe, reqs: list[ResolvedRequest], seeds: list[int], progress: Progress) -> tuple[list, dict]:
+    """One pipeline call for a micro-batch: one CPU generator per image, so each depends only on its own seed."""
     import torch
 
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
@@ -209,16 +218,16 @@ def _call(pipe, req: ResolvedRequest, seeds: list[int], progress: Progress) -> t
     start = time.perf_counter()
     try:
         output = pipe(
-            **call_kwargs(req, len(seeds)),
+            **call_kwargs(reqs),
             generator=generators,
             output_type="pil",
             callback_on_step_end=on_step_end,
         )
     except torch.OutOfMemoryError as exc:
-        from .errors import RunError
+        from .errors import OutOfMemory
 
-        raise RunError(
-            f"out of memory at {req.size} with batch size {len(seeds)}: lower --batch-size or --size"
+        raise OutOfMemory(
+            f"out of memory at {reqs[0].size} with batch size {len(seeds)}: lower --batch-size or --size"
         ) from exc
     end = time.perf_counter()
     denoise_end = marks[-1] if marks else end

@@ -137,6 +137,26 @@ def _place(tmp: Path, final: Path) -> bool:
     return True
 
 
+def sidecar_data(record: dict, png_name: str, sha256: str, *, save_s: float | None) -> dict:
+    """The JSON sidecar: the PNG's record plus the file it describes and that file's hash."""
+    timings = dict(record.get("timings", {}))
+    if save_s is not None:
+        timings["save_s"] = round(save_s, 4)
+    return {**record, "timings": timings, "output": {"file": png_name, "sha256": sha256, **record.get("output", {})}}
+
+
+def write_new(path: Path, data: dict) -> None:
+    """Write a JSON file atomically, refusing to replace one that exists."""
+    text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    tmp = _temp_with(path.parent, text.encode(), ".json")
+    try:
+        if not _place(tmp, path):
+            raise RunError(f"{path}: appeared while writing; not overwritten")
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
 def write_image(image, out_dir: Path, name: str, *, parameters: str | None, record: dict | None) -> Written:
     """Write `<name>.png` (+ `<name>.json`) atomically; an existing name gets a -1, -2, ... suffix, never replaced."""
     from PIL.PngImagePlugin import PngInfo
@@ -171,18 +191,7 @@ def write_image(image, out_dir: Path, name: str, *, parameters: str | None, reco
             if tmp.exists():
                 tmp.unlink()
         if record is not None:
-            full = {
-                **record,
-                "timings": {**record.get("timings", {}), "save_s": round(time.perf_counter() - start, 4)},
-                "output": {"file": png.name, "sha256": sha, **record.get("output", {})},
-            }
-            side_tmp = _temp_with(folder, (json.dumps(full, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode(), ".json")
-            try:
-                if not _place(side_tmp, sidecar):
-                    raise RunError(f"{sidecar}: appeared while writing; not overwritten")
-            finally:
-                if side_tmp.exists():
-                    side_tmp.unlink()
+            write_new(sidecar, sidecar_data(record, png.name, sha, save_s=time.perf_counter() - start))
         _fsync_dir(folder)
     except OSError as exc:
         raise RunError(f"cannot write to {folder}: {exc.strerror or exc}") from exc

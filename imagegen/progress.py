@@ -53,7 +53,9 @@ class RichProgress(NullProgress):
         self._progress = None
 
     def note(self, message: str) -> None:
-        self.console.print(f"[yellow]note:[/] {message}", highlight=False)
+        from rich.markup import escape
+
+        self.console.print(f"[yellow]note:[/] {escape(message)}", highlight=False)
 
     @contextlib.contextmanager
     def loading(self, model: str):
@@ -100,3 +102,109 @@ class RichProgress(NullProgress):
     def finish(self) -> None:
         if self._progress is not None:
             self._progress.stop()
+
+
+class NullBatchProgress:
+    """A batch's events, reported to no one (the API's default, and -q)."""
+
+    def note(self, message: str) -> None:
+        pass
+
+    def loading(self, model: str):
+        return contextlib.nullcontext()
+
+    def start(self, total: int) -> None:
+        pass
+
+    def group(self, items: list) -> None:
+        pass
+
+    def step(self, step: int, steps: int) -> None:
+        pass
+
+    def image_done(self, item, path) -> None:
+        pass
+
+    def image_failed(self, item, error: str) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+def shorten(text: str, limit: int = 48) -> str:
+    """One line of at most `limit` characters."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class RichBatchProgress(NullBatchProgress):
+    """One bar over the whole batch on stderr: images done of total, images/s, ETA, the current prompt and step."""
+
+    def __init__(self, console=None):
+        from rich.console import Console
+
+        self.console = console or Console(stderr=True)
+        self._progress = None
+
+    def note(self, message: str) -> None:
+        from rich.markup import escape
+
+        self.console.print(f"[yellow]note:[/] {escape(message)}", highlight=False)
+
+    @contextlib.contextmanager
+    def loading(self, model: str):
+        if self._progress is not None:
+            self._progress.update(self._task, prompt=f"loading {shorten(model, 40)}")
+            yield
+            return
+        with self.console.status(f"loading {model} ...", spinner="dots"):
+            yield
+
+    def start(self, total: int) -> None:
+        import time
+
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._progress = Progress(
+            TextColumn("images"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[step]}"),
+            TextColumn("{task.fields[prompt]}", markup=False),
+            console=self.console,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task("batch", total=total, rate="", step="", prompt="")
+        self._started = time.perf_counter()
+        self._done = 0
+
+    def group(self, items: list) -> None:
+        more = f" (+{len(items) - 1})" if len(items) > 1 else ""
+        self._progress.update(self._task, prompt=shorten(items[0].req.prompt, 36) + more, step="")
+
+    def step(self, step: int, steps: int) -> None:
+        self._progress.update(self._task, step=f"step {step}/{steps}")
+
+    def _advance(self) -> None:
+        import time
+
+        self._done += 1
+        elapsed = time.perf_counter() - self._started
+        self._progress.update(self._task, advance=1, rate=f"{self._done / elapsed:.2f} img/s" if elapsed else "")
+
+    def image_done(self, item, path) -> None:
+        self._advance()
+
+    def image_failed(self, item, error: str) -> None:
+        self._advance()
+        from rich.markup import escape
+
+        self.console.print(f"[red]failed[/] line {item.job.line} (seed {item.seed}): {escape(error)}", highlight=False)
+
+    def finish(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None

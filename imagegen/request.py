@@ -234,19 +234,22 @@ class ResolvedRequest:
         return f"{self.width}x{self.height}"
 
 
-def resolve(flags: Request, replay: Request | None = None) -> ResolvedRequest:
+def resolve(flags: Request, replay: Request | None = None, line: Request | None = None) -> ResolvedRequest:
     """Merge the layers and validate the result against the preset, the model and the scheduler registry.
 
-    Precedence, lowest first: built-in defaults < preset < replayed metadata < command-line flags (or API arguments).
-    A field that is None in a layer was not given there and does not override the layers below it.
+    Precedence, lowest first:
+        built-in defaults < preset < replayed metadata < command-line flags (or API arguments) < prompt-file line
+    In a batch the flags are the defaults of every line, so a field a line sets beats the flag (a line can name
+    its own preset, whose defaults then sit below the flags). A field that is None in a layer was not given there
+    and does not override the layers below it.
     """
     from .models import canonical_model, inspect_model
     from .output import check_template
     from .presets import load_preset, preset_for_family
     from .schedulers import resolve_scheduler
 
-    replay = replay or Request()
-    top = {**replay.given(), **flags.given()}  # the layers above the preset, already in precedence order
+    replay, line = replay or Request(), line or Request()
+    top = {**replay.given(), **flags.given(), **line.given()}  # the layers above the preset, in precedence order
     if "model" in top:
         top["model"] = canonical_model(top["model"])
 

@@ -1,0 +1,115 @@
+"""The batch manifest: one JSON line per finished or failed image, appended only after its files are in place.
+
+Each process of a run appends to its own shard (`manifest.jsonl`, `manifest.1.jsonl`, ...); a resume reads them all.
+A line is written with one `write` on an O_APPEND descriptor and fsynced, so a kill leaves at worst a torn last line,
+which reading ignores and the next append starts after.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import RunError
+
+MANIFEST = "manifest.jsonl"
+# The recipe fields that decide an image's pixels; two images with the same hash are the same image.
+HASHED = ("prompt", "negative", "seed", "steps", "cfg", "guidance", "width", "height", "scheduler", "model",
+          "revision", "variant")
+
+
+def request_hash(req, seed: int) -> str:
+    """A short stable hash of one image's recipe (the request with this image's seed)."""
+    values = {key: getattr(req, key) for key in HASHED}
+    values["seed"] = seed
+    blob = json.dumps(values, sort_keys=True, ensure_ascii=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def shard_name(rank: int) -> str:
+    return MANIFEST if rank == 0 else f"manifest.{rank}.jsonl"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One manifest line about one image: done (with its files) or failed (with the error)."""
+
+    status: str  # "done" or "failed"
+    key: str  # "<job>/<image>"
+    hash: str
+    data: dict
+
+
+def read_manifest(out_dir: Path) -> tuple[list[dict], dict[str, Entry]]:
+    """Run headers, and the last entry per image across every shard (a later 'done' beats an earlier 'failed')."""
+    runs: list[dict] = []
+    latest: dict[str, Entry] = {}
+    if not out_dir.is_dir():
+        return runs, latest
+    for shard in sorted(out_dir.glob("manifest*.jsonl")):
+        try:
+            lines = shard.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError as exc:
+            raise RunError(f"{shard}: cannot read the manifest: {exc.strerror or exc}") from exc
+        for raw in lines:
+            try:
+                data = json.loads(raw)
+            except ValueError:
+                continue  # a line torn by a kill: its image is checked on disk instead
+            if not isinstance(data, dict):
+                continue
+            if data.get("type") == "run":
+                runs.append(data)
+            elif data.get("type") in ("done", "failed") and isinstance(data.get("key"), str):
+                entry = Entry(status=data["type"], key=data["key"], hash=str(data.get("hash")), data=data)
+                previous = latest.get(entry.key)
+                if previous is None or entry.status == "done" or previous.status != "done":
+                    latest[entry.key] = entry
+    runs.sort(key=lambda r: r.get("started", ""))
+    return runs, latest
+
+
+class ManifestWriter:
+    """Appends lines to this process's shard; safe to call from the writer thread and the main thread."""
+
+    def __init__(self, out_dir: Path, rank: int = 0):
+        self.path = out_dir / shard_name(rank)
+        self._lock = threading.Lock()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            size = os.fstat(self._fd).st_size
+            if size:
+                with open(self.path, "rb") as f:
+                    f.seek(size - 1)
+                    if f.read(1) != b"\n":  # a torn last line: end it so the next line stands alone
+                        os.write(self._fd, b"\n")
+        except OSError as exc:
+            raise RunError(f"{self.path}: cannot write the manifest: {exc.strerror or exc}") from exc
+
+    def append(self, data: dict) -> None:
+        line = (json.dumps(data, ensure_ascii=False, allow_nan=False) + "\n").encode()
+        with self._lock:
+            try:
+                os.write(self._fd, line)
+                os.fsync(self._fd)
+            except OSError as exc:
+                raise RunError(f"{self.path}: cannot append to the manifest: {exc.strerror or exc}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None

@@ -1,0 +1,226 @@
+"""Prompt files (.txt, .jsonl, .csv or stdin): parsed strictly, every bad line reported at once as file:line."""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import UsageError, closest
+from .request import Request
+
+FORMATS = ("txt", "jsonl", "csv")
+
+# What one line may set. The run-wide settings (out, device, dtype, batch size, metadata) come from flags only.
+LINE_FIELDS = ("prompt", "negative", "seed", "steps", "cfg", "guidance", "size", "scheduler", "n",
+               "preset", "model", "revision", "variant", "name")
+
+# JSON values must already have the right type: a quoted "30" for steps is a mistake worth naming.
+_JSON_TYPES = {
+    "prompt": (str,), "negative": (str,), "scheduler": (str,), "preset": (str,), "model": (str,), "revision": (str,),
+    "variant": (str,), "name": (str,), "seed": (int,), "steps": (int,), "n": (int,), "cfg": (int, float),
+    "guidance": (int, float), "size": (str, list),
+}
+_TYPE_WORDS = {(str,): "a string", (int,): "an integer", (int, float): "a number", (str, list): '"WxH" or [w, h]'}
+_ALTERNATIVES = re.compile(r"\{([^{}]*\|[^{}]*)\}")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One prompt-file line (or one combination of its {a|b} alternatives) as a request layer."""
+
+    index: int  # position among the file's jobs, 0-based; seeds derive from it
+    line: int  # 1-based line number in the file
+    request: Request
+
+
+@dataclass(frozen=True)
+class PromptFile:
+    """The parsed file: its jobs and every problem found, each as 'file:line: message'."""
+
+    source: str  # the path as given, or <stdin>
+    format: str
+    jobs: tuple[Job, ...]
+    errors: tuple[str, ...] = field(default=())
+
+
+def read_prompt_file(path: str, *, fmt: str | None = None, expand: bool = False, stdin=None) -> PromptFile:
+    """Read and validate a prompt file; never raises for bad lines (they are returned), only for an unusable file."""
+    source = "<stdin>" if path == "-" else path
+    text = _read_text(path, stdin)
+    fmt = _format(path, fmt, text)
+    errors: list[str] = []
+    rows = {"txt": _txt_rows, "jsonl": _jsonl_rows, "csv": _csv_rows}[fmt](text, source, errors)
+    jobs: list[Job] = []
+    for line, data in rows:
+        try:
+            layer = Request.from_mapping(data, where=f"{source}:{line}", allowed=set(LINE_FIELDS))
+        except UsageError as exc:
+            errors.append(str(exc))
+            continue
+        if not layer.prompt or not layer.prompt.strip():
+            errors.append(f"{source}:{line}: empty prompt")
+            continue
+        for variant in _expand(layer) if expand else [layer]:
+            jobs.append(Job(index=len(jobs), line=line, request=variant))
+    if not jobs and not errors:
+        errors.append(f"{source}: no prompts (every line is blank or a # comment)")
+    return PromptFile(source=source, format=fmt, jobs=tuple(jobs), errors=tuple(errors))
+
+
+def _read_text(path: str, stdin) -> str:
+    if path == "-":
+        stream = stdin if stdin is not None else sys.stdin
+        data = stream.buffer.read() if hasattr(stream, "buffer") else stream.read()
+        where = "<stdin>"
+    else:
+        p = Path(path).expanduser()
+        if p.is_dir():
+            raise UsageError(f"{path}: is a folder, not a prompt file")
+        try:
+            data = p.read_bytes()
+        except FileNotFoundError:
+            raise UsageError(f"{path}: no such prompt file") from None
+        except OSError as exc:
+            raise UsageError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        where = path
+    if isinstance(data, str):
+        return data.lstrip("\ufeff")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise UsageError(f"{where}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); save the file as UTF-8") from None
+
+
+def _format(path: str, fmt: str | None, text: str) -> str:
+    if fmt:
+        key = fmt.lower().lstrip(".")
+        if key not in FORMATS:
+            raise UsageError(f"--format {fmt}: unknown prompt-file format; valid: {', '.join(FORMATS)}")
+        return key
+    if path == "-":  # stdin: JSON lines if the first content line is an object, else one prompt a line
+        first = next((ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")), "")
+        return "jsonl" if first.startswith("{") else "txt"
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix in FORMATS:
+        return suffix
+    if suffix in ("json", "ndjson"):
+        return "jsonl"
+    if suffix in ("", "text", "prompts", "lst", "list"):
+        return "txt"
+    raise UsageError(f"{path}: unknown prompt-file type '.{suffix}'; valid: .txt, .jsonl, .csv (or name one with --format)")
+
+
+def _content_lines(text: str):
+    for number, raw in enumerate(text.splitlines(), start=1):
+        stripped = raw.strip()
+        if stripped and not stripped.startswith("#"):
+            yield number, raw
+
+
+def _txt_rows(text: str, source: str, errors: list[str]):
+    for number, raw in _content_lines(text):
+        yield number, {"prompt": raw.strip()}
+
+
+def _jsonl_rows(text: str, source: str, errors: list[str]):
+    for number, raw in _content_lines(text):
+        where = f"{source}:{number}"
+        try:
+            data = json.loads(raw, parse_constant=_no_constant)
+        except ValueError as exc:
+            errors.append(f"{where}: not valid JSON ({exc})")
+            continue
+        if not isinstance(data, dict):
+            errors.append(f"{where}: must be a JSON object such as {{\"prompt\": \"a red fox\", \"steps\": 20}}")
+            continue
+        problem = _json_type_problem(data, where)
+        if problem:
+            errors.append(problem)
+            continue
+        if "prompt" not in data:
+            errors.append(f"{where}: missing \"prompt\"")
+            continue
+        yield number, data
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number")
+
+
+def _json_type_problem(data: dict, where: str) -> str | None:
+    for key, value in data.items():
+        if key not in _JSON_TYPES:
+            return (f"{where}: unknown key {key!r}{closest(key, LINE_FIELDS)}; valid keys: "
+                    f"{', '.join(sorted(LINE_FIELDS))}")
+        kinds = _JSON_TYPES[key]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
+            if key == "seed" and value == "random":
+                continue
+            return f"{where}: {key} must be {_TYPE_WORDS[kinds]}, got {json.dumps(value)}"
+    return None
+
+
+def _csv_rows(text: str, source: str, errors: list[str]):
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header, header_line = None, 0
+    try:
+        while header is None:
+            row = next(reader)
+            if any(cell.strip() for cell in row) and not row[0].lstrip().startswith("#"):
+                header, header_line = [cell.strip().lower() for cell in row], reader.line_num
+    except StopIteration:
+        return
+    except csv.Error as exc:
+        errors.append(f"{source}:{reader.line_num}: bad CSV ({exc})")
+        return
+    unknown = [h for h in header if h not in LINE_FIELDS]
+    if unknown or "prompt" not in header or len(set(header)) != len(header):
+        if unknown:
+            message = (f"unknown column {unknown[0]!r}{closest(unknown[0], LINE_FIELDS)}; valid columns: "
+                       f"{', '.join(sorted(LINE_FIELDS))}")
+        elif "prompt" not in header:
+            message = "the header row needs a 'prompt' column"
+        else:
+            message = "a column name appears twice in the header row"
+        errors.append(f"{source}:{header_line}: {message}")
+        return
+    start = reader.line_num + 1
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            errors.append(f"{source}:{start}: bad CSV ({exc})")
+            return
+        number, start = start, reader.line_num + 1
+        if not any(cell.strip() for cell in row) or row[0].lstrip().startswith("#"):
+            continue
+        if len(row) != len(header):
+            errors.append(f"{source}:{number}: {len(row)} cells but the header has {len(header)} columns")
+            continue
+        yield number, {key: cell.strip() for key, cell in zip(header, row) if cell.strip()}
+
+
+def _expand(layer: Request) -> list[Request]:
+    """Every combination of the {a|b|c} groups in the prompt and negative prompt, in reading order."""
+    texts = {"prompt": layer.prompt, "negative": layer.negative}
+    choices = {key: _alternatives(text) for key, text in texts.items() if text}
+    keys = list(choices)
+    out = []
+    for combo in itertools.product(*(choices[k] for k in keys)):
+        out.append(Request(**{**layer.given(), **dict(zip(keys, combo))}))
+    return out
+
+
+def _alternatives(text: str) -> list[str]:
+    parts = _ALTERNATIVES.split(text)  # literal, group, literal, group, ...
+    options = [[p] if i % 2 == 0 else [o.strip() for o in p.split("|")] for i, p in enumerate(parts)]
+    return ["".join(pieces) for pieces in itertools.product(*options)]
