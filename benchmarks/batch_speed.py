@@ -165,7 +165,8 @@ def main() -> int:
                 times.setdefault((arm, batch), []).append(result["gen_s"])
                 labels[(arm, batch)] = result.get("batch_size", "")
         plain = statistics.median(times[("plain", None)])
-        print(f"\n{regime}: {Path(folder).name}, {count} prompts, {size}x{size}, {steps} steps, CFG {cfg:g}")
+        label = "demo model (built-in)" if model == "demo" else "reduced SDXL UNet (random weights)"
+        print(f"\n{regime}: {label}, {count} prompts, {size}x{size}, {steps} steps, CFG {cfg:g}")
         print(f"  {'arm':28} {'wall s':>8} {'ms/image':>9} {'ratio':>6}")
         for key in times:
             wall = statistics.median(times[key])

@@ -182,7 +182,12 @@ def prepare(path: str, flags: Request, *, base_seed: int | None = None, fmt: str
         images.extend(_job_images(job, req, start=len(images)))
     resolve_errors = {str(r) for r in resolved.values() if isinstance(r, UsageError)}
     if len(resolve_errors) == 1 and not any(isinstance(r, ResolvedRequest) for r in resolved.values()):
-        raise UsageError(resolve_errors.pop())  # every line fails the same way: the flags are at fault, say it once
+        message = resolve_errors.pop()
+        try:
+            resolve(defaults, line=Request(prompt="-", seed=0))
+        except UsageError as exc:
+            if str(exc) == message:
+                raise  # every line fails as the flags alone do: say it once, about the flag
     errors.sort(key=_line_order)
     if errors and not skip_invalid:
         raise InvalidLines(
@@ -430,6 +435,8 @@ def run_batch(plan: BatchPlan, *, batch_size: int | None = None, fail_fast: bool
     finally:
         manifest.close()
         result.wall_s = time.perf_counter() - started
+    if result.interrupted and result.remaining == 0:
+        result.interrupted = False  # Ctrl-C came during the last micro-batch: everything is done
     return result
 
 

@@ -110,6 +110,6 @@ class ManifestWriter:
 
     def close(self) -> None:
         with self._lock:
-            if self._fd is not None:
+            if getattr(self, "_fd", None) is not None:
                 os.close(self._fd)
                 self._fd = None

@@ -155,6 +155,17 @@ def test_invalid_lines_stop_everything_before_a_model_loads(cli, tiny_models, tm
     assert not (tmp_path / "o").exists()
 
 
+def test_a_bad_flag_is_reported_once_and_a_bad_single_line_by_its_line(cli, tmp_path):
+    write(tmp_path / "p.txt", "one\ntwo\nthree\n")
+    result = cli("batch", "p.txt", "--preset", "demo", "--scheduler", "Eulr")
+    lines = result.err.strip().splitlines()
+    assert result.code == 2 and len(lines) == 1
+    assert lines[0].startswith("imagegen: error: --scheduler: unknown scheduler 'Eulr'")
+    write(tmp_path / "one.jsonl", '{"prompt": "x", "scheduler": "Eulr"}\n')
+    result = cli("batch", "one.jsonl", "--preset", "demo")
+    assert result.code == 2 and result.err.startswith("one.jsonl:1: --scheduler: unknown scheduler 'Eulr'")
+
+
 # ---- running (tiny pipelines)
 
 def run_batch_json(cli, *args) -> tuple[int, dict, str]:
