@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import signal
 import threading
 import time
@@ -88,7 +89,6 @@ class BatchPlan:
     base_seed: int
     images: tuple[PlannedImage, ...]
     invalid: tuple[str, ...] = ()
-    notes: tuple[str, ...] = ()
 
 
 @dataclass
@@ -148,44 +148,42 @@ def prepare(path: str, flags: Request, *, base_seed: int | None = None, fmt: str
     """Parse and validate the whole file and fix every image's seed and name; loads no model."""
     prompt_file = read_prompt_file(path, fmt=fmt, expand=expand, stdin=stdin)
     out_dir = Path(flags.out or "outputs").expanduser()
-    notes: list[str] = []
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out {out_dir}: is a file, not a folder")
     if restart:
         out_dir = _fresh_folder(out_dir)
-    runs, _ = read_manifest(out_dir)
-    recorded = next((r.get("base_seed") for r in runs if isinstance(r.get("base_seed"), int)), None)
-    if recorded is not None and base_seed is not None and base_seed != recorded:
-        raise UsageError(
-            f"--seed {base_seed}: {out_dir} holds a batch made with base seed {recorded}; leave out --seed to "
-            f"resume it, or pass --restart to start over in a new folder"
-        )
-    if base_seed is None:
-        base_seed = recorded if recorded is not None else int.from_bytes(os.urandom(4), "big")
+    base_seed = _base_seed(out_dir, base_seed)
 
     defaults = Request(**{**flags.given(), "name": flags.name or BATCH_NAME, "seed": None, "out": str(out_dir)})
     errors = list(prompt_file.errors)
     images: list[PlannedImage] = []
-    resolved: dict[tuple, ResolvedRequest | UsageError] = {}
+    resolved: dict[tuple, ResolvedRequest | ImagegenError] = {}
+    reserved = sorted(prompt_file.reserved)
+    slots = 0  # image numbers held by invalid lines before the current job
     for job in prompt_file.jobs:
+        while slots < len(reserved) and reserved[slots] < job.index:
+            slots += 1
         line = job.request
-        if line.seed is None:
-            line = replace(line, seed=derive_seed(base_seed, job.index))
-        memo = tuple(sorted(line.given().items()))
+        seed = line.seed if line.seed is not None else derive_seed(base_seed, job.index)
+        memo = tuple(sorted((k, v) for k, v in line.given().items() if k != "seed"))
         if memo not in resolved:
             try:
-                resolved[memo] = resolve(defaults, line=line)
-            except UsageError as exc:
+                resolved[memo] = resolve(defaults, line=replace(line, seed=0))
+            except ImagegenError as exc:  # also a model that is neither a folder nor in the cache (RunError)
                 resolved[memo] = exc
         req = resolved[memo]
-        if isinstance(req, UsageError):
-            errors.append(f"{prompt_file.source}:{job.line}: {req}")
+        if isinstance(req, ImagegenError):
+            errors.append(f"{prompt_file.source}:{job.line}: {_as_field(str(req))}")
+            slots += 1
             continue
-        images.extend(_job_images(job, req, start=len(images)))
-    resolve_errors = {str(r) for r in resolved.values() if isinstance(r, UsageError)}
-    if len(resolve_errors) == 1 and not any(isinstance(r, ResolvedRequest) for r in resolved.values()):
-        message = resolve_errors.pop()
+        req = replace(req, seed=seed, seed_was_random=False)
+        images.extend(_job_images(job, req, start=len(images) + slots))
+    failures = {str(r) for r in resolved.values() if isinstance(r, ImagegenError)}
+    if len(failures) == 1 and not any(isinstance(r, ResolvedRequest) for r in resolved.values()):
+        message = failures.pop()
         try:
             resolve(defaults, line=Request(prompt="-", seed=0))
-        except UsageError as exc:
+        except ImagegenError as exc:
             if str(exc) == message:
                 raise  # every line fails as the flags alone do: say it once, about the flag
     errors.sort(key=_line_order)
@@ -197,8 +195,45 @@ def prepare(path: str, flags: Request, *, base_seed: int | None = None, fmt: str
         )
     if not images:
         raise UsageError(f"{prompt_file.source}: no valid lines to run")
+    _check_unique_names(images)
     return BatchPlan(source=prompt_file.source, out_dir=out_dir, base_seed=base_seed, images=tuple(images),
-                     invalid=tuple(errors), notes=tuple(notes))
+                     invalid=tuple(errors))
+
+
+def _base_seed(out_dir: Path, given: int | None) -> int:
+    """The run's base seed: the one recorded in the folder, else --seed, else random (the same in every process)."""
+    runs, _ = read_manifest(out_dir)
+    recorded = next((r.get("base_seed") for r in runs if isinstance(r.get("base_seed"), int)), None)
+    if recorded is not None and given is not None and given != recorded:
+        raise UsageError(
+            f"--seed {given}: {out_dir} holds a batch made with base seed {recorded}; leave out --seed to "
+            f"resume it, or pass --restart to start over in a new folder"
+        )
+    if given is not None or recorded is not None:
+        return given if given is not None else recorded
+    seed = int.from_bytes(os.urandom(4), "big")
+    _, world, state = _process_state()
+    if state is not None:
+        from accelerate.utils import broadcast_object_list
+
+        seed = broadcast_object_list([seed], from_process=0)[0]  # every process must derive the same seeds
+    return seed
+
+
+def _as_field(message: str) -> str:
+    """resolve() names flags (--size 65x64: ...); on a prompt-file line the same value came from a field (size ...)."""
+    return re.sub(r"^--([a-z][a-z-]*)", lambda m: m.group(1).replace("-", "_"), message)
+
+
+def _check_unique_names(images: list[PlannedImage]) -> None:
+    seen: dict[str, PlannedImage] = {}
+    for item in images:
+        other = seen.setdefault(item.name, item)
+        if other is not item:
+            raise UsageError(
+                f"--name {item.req.name!r}: images {other.index} (line {other.job.line}) and {item.index} "
+                f"(line {item.job.line}) would both be named {item.name!r}; add {{index}} or {{seed}}"
+            )
 
 
 def _line_order(message: str):
@@ -247,64 +282,95 @@ class _Resume:
 def _check_done(plan: BatchPlan, *, act: bool) -> _Resume:
     """Split the plan into images already done (verified on disk), adoptable orphans, and pending.
 
-    Every process computes the same split; only the one that acts (rank 0) moves a mismatched file aside.
+    Every process computes the same split; only the one that acts (rank 0) moves stale files aside.
     """
-    _, latest = read_manifest(plan.out_dir)
+    _, entries = read_manifest(plan.out_dir)
+    referenced = {str(e.data.get("png")) for group in entries.values() for e in group if e.status == "done"}
     state = _Resume(pending=[])
     matched = missing = changed = 0
     for item in plan.images:
-        entry = latest.get(item.key)
-        if entry is not None and entry.status == "done":
-            if entry.hash != item.hash:
-                changed += 1
-            else:
-                matched += 1
-                png = plan.out_dir / str(entry.data.get("png", ""))
-                if png.is_file() and file_sha256(png) == entry.data.get("sha256"):
-                    state.skipped += 1
-                    continue
-                if png.is_file() and act:
-                    aside = png.with_name(png.name + ".mismatch")
-                    png.rename(aside)
+        done = [e for e in entries.get(item.key, []) if e.status == "done"]
+        same = [e for e in done if e.hash == item.hash]
+        if same:
+            matched += 1
+            entry = same[-1]
+            png = plan.out_dir / str(entry.data.get("png", ""))
+            if png.is_file() and file_sha256(png) == entry.data.get("sha256"):
+                state.skipped += 1
+                continue
+            if png.is_file():
+                if act:
+                    aside = _move_aside(png, "mismatch")
                     state.notes.append(f"{png} no longer matches its recorded sha256: moved to {aside.name}, made again")
-                else:
-                    missing += 1
-        elif (orphan := _orphan(plan.out_dir, item)) is not None:
+            else:
+                missing += 1
+            sidecar = plan.out_dir / str(entry.data.get("sidecar") or "")
+            if act and entry.data.get("sidecar") and sidecar.is_file():
+                _move_aside(sidecar, "stale")  # it describes the file that is gone; the new image gets its name
+        elif done:
+            changed += 1
+        elif (orphan := _orphan(plan.out_dir, item, referenced)) is not None:
             state.adopted.append((item, orphan))
             continue
         state.pending.append(item)
-    done_entries = sum(1 for e in latest.values() if e.status == "done")
+    done_entries = sum(1 for group in entries.values() if any(e.status == "done" for e in group))
     if done_entries and not matched and not state.adopted:
         raise UsageError(
             f"--out {plan.out_dir}: it holds {done_entries} images of a different batch (no image of "
             f"{plan.source} matches its manifest); pass --restart to start over in a new folder, or another --out"
         )
     if missing:
-        state.notes.append(f"{missing} image{'s' if missing != 1 else ''} in the manifest are missing on disk: made again")
+        state.notes.append(f"{_count(missing, 'image')} in the manifest missing on disk: made again")
     if changed:
-        state.notes.append(f"{changed} image{'s' if changed != 1 else ''} changed in the prompt file since they were made: made again")
+        state.notes.append(f"{_count(changed, 'image')} whose line changed since they were made: made again")
     return state
 
 
-def _orphan(out_dir: Path, item: PlannedImage) -> dict | None:
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def _move_aside(path: Path, label: str) -> Path:
+    """Rename a file to <name>.<label> (or .<label>-2, ...), never replacing anything."""
+    for number in range(1, 10_000):
+        aside = path.with_name(f"{path.name}.{label}" + ("" if number == 1 else f"-{number}"))
+        if not aside.exists():
+            path.rename(aside)
+            return aside
+    raise RunError(f"{path}: no free name to move it aside")
+
+
+def _orphan(out_dir: Path, item: PlannedImage, referenced: set[str]) -> dict | None:
     """The record of a file written for this image before a crash kept its manifest line from being appended."""
+    import json
+
+    from PIL import Image
+
     from .metadata import PNG_KEY
 
     png = out_dir / f"{item.name}.png"
-    if not png.is_file():
+    if not png.is_file() or png.relative_to(out_dir).as_posix() in referenced:
         return None
     try:
-        from PIL import Image
-        import json
-
         with Image.open(png) as im:
-            im.load()  # a complete image: it was renamed into place whole, but check
-            record = json.loads(getattr(im, "text", {}).get(PNG_KEY, "null"))
+            im.load()  # complete: it was linked into place whole, but check
+            text = getattr(im, "text", {}).get(PNG_KEY)
+            pixels = None if text else _pixels(im)
+        record = json.loads(text) if text else None
     except Exception:  # noqa: BLE001 - not ours or unreadable: leave it, write the new image beside it
         return None
+    if item.req.metadata == "none":
+        # No recipe inside to check: the name (unique in this batch, with its index and seed by default) is the proof.
+        return None if text else {"output": {"pixels_sha256": pixels}}
     if not isinstance(record, dict) or (record.get("batch") or {}).get("request_hash") != item.hash:
         return None
     return record
+
+
+def _pixels(image) -> str:
+    from .output import pixels_sha256
+
+    return pixels_sha256(image)
 
 
 def _adopt(out_dir: Path, item: PlannedImage, record: dict, manifest: ManifestWriter) -> None:
@@ -313,9 +379,11 @@ def _adopt(out_dir: Path, item: PlannedImage, record: dict, manifest: ManifestWr
 
     png = out_dir / f"{item.name}.png"
     sha = file_sha256(png)
-    sidecar = png.with_suffix(SIDECAR_SUFFIX)
-    if not sidecar.exists():
-        write_new(sidecar, sidecar_data(record, png.name, sha, save_s=None))
+    sidecar = None
+    if "schema" in record:  # metadata full: the PNG carries the record the sidecar repeats
+        sidecar = png.with_suffix(SIDECAR_SUFFIX)
+        if not sidecar.exists():
+            write_new(sidecar, sidecar_data(record, png.name, sha, save_s=None))
     manifest.append(_done_line(out_dir, item, png, sidecar, sha, (record.get("output") or {}).get("pixels_sha256")))
 
 
@@ -391,14 +459,19 @@ def run_batch(plan: BatchPlan, *, batch_size: int | None = None, fail_fast: bool
     for message in plan.invalid:
         progress.note(f"skipped invalid line: {message}")
 
-    if rank == 0:
-        plan.out_dir.mkdir(parents=True, exist_ok=True)
-        _clean_temp_files(plan.out_dir)
+    manifest = ManifestWriter(plan.out_dir, rank)  # locks this process's shard: one batch per folder at a time
+    try:
+        if rank == 0:
+            _clean_temp_files(plan.out_dir)
+        if state is not None:
+            state.wait_for_everyone()  # every process reads the same manifest before any writes
+        resume = _check_done(plan, act=rank == 0)
+        if state is not None:
+            state.wait_for_everyone()
+    except BaseException:
+        manifest.close()
+        raise
     if state is not None:
-        state.wait_for_everyone()  # every process reads the same manifest before any writes
-    resume = _check_done(plan, act=rank == 0)
-    if state is not None:
-        state.wait_for_everyone()
         with state.split_between_processes(resume.pending) as mine:
             pending = list(mine)
         share = len(pending) + (resume.skipped + len(resume.adopted) if rank == 0 else 0)
@@ -406,7 +479,6 @@ def run_batch(plan: BatchPlan, *, batch_size: int | None = None, fail_fast: bool
         pending, share = resume.pending, len(plan.images)
     result.total = share
 
-    manifest = ManifestWriter(plan.out_dir, rank)
     manifest.append({"type": "run", "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "source": plan.source,
                      "base_seed": plan.base_seed, "images": len(plan.images), "rank": rank, "world": world,
                      "imagegen": _version()})
@@ -452,7 +524,7 @@ def _groups(pending: list[PlannedImage]) -> list[list[PlannedImage]]:
 
 def _run_pending(plan, pending, result, manifest, stop, progress, *, batch_size, fail_fast, compile) -> None:
     from .metadata import versions
-    from .models import load_model, resolve_device, resolve_dtype
+    from .models import load_model, resolve_dtype
     from .schedulers import build_scheduler, resolve_scheduler
     from .writer import BackgroundWriter
 
@@ -465,6 +537,9 @@ def _run_pending(plan, pending, result, manifest, stop, progress, *, batch_size,
     group_times: list[tuple[int, float]] = []
     try:
         for group in _groups(pending):
+            if stop.requested:  # before loading (or compiling) the next model
+                result.interrupted = True
+                return
             req = group[0].req
             device = _device(req.device, result.world)
             dtype = resolve_dtype(req.dtype, device, req.gpu_dtype)
@@ -502,9 +577,15 @@ def _run_pending(plan, pending, result, manifest, stop, progress, *, batch_size,
             writer = None
         raise
     finally:
-        if writer is not None:
-            writer.close()
-        progress.finish()
+        try:
+            if writer is not None:
+                writer.close()
+        except KeyboardInterrupt:  # a second Ctrl-C while the last images are written: stop after the current file
+            result.interrupted = True
+            writer.close(drain=False)
+            raise
+        finally:
+            progress.finish()
         result.batch_size = ",".join(str(s) for s in chosen) if batch_size is None else str(batch_size)
         if batch_size is None:
             result.batch_size = f"auto ({result.batch_size})"
@@ -520,18 +601,23 @@ def _make(pipe, chunk, progress, result, manifest, fail_fast) -> list[tuple]:
     try:
         images, timings = pipeline_call(pipe, [i.req for i in chunk], [i.seed for i in chunk], progress)
     except OutOfMemory as exc:
-        if len(chunk) > 1:
-            _empty_cache()
-            half = (len(chunk) + 1) // 2
-            progress.note(f"out of memory with {len(chunk)} images in one call: retrying as {half} + {len(chunk) - half}")
-            return _make(pipe, chunk[:half], progress, result, manifest, fail_fast) + (
-                [] if fail_fast and result.failed else _make(pipe, chunk[half:], progress, result, manifest, fail_fast)
-            )
-        _fail(chunk, str(exc), result, manifest, progress)
-        return []
+        out_of_memory = str(exc)  # retried below, outside the except: its traceback holds the failed call's tensors
     except (ImagegenError, RuntimeError, ValueError, OSError) as exc:
         _fail(chunk, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", result, manifest, progress)
         return []
+    else:
+        out_of_memory = None
+    if out_of_memory is not None:
+        if len(chunk) == 1:
+            _fail(chunk, out_of_memory, result, manifest, progress)
+            return []
+        _empty_cache()
+        half = (len(chunk) + 1) // 2
+        progress.note(f"out of memory with {len(chunk)} images in one call: retrying as {half} + {len(chunk) - half}")
+        first = _make(pipe, chunk[:half], progress, result, manifest, fail_fast)
+        if fail_fast and result.failed:
+            return first
+        return first + _make(pipe, chunk[half:], progress, result, manifest, fail_fast)
     result.denoise_s += timings["denoise_s"]
     return [
         (item, image, timings, {"size": len(chunk), "position": offset})
@@ -583,7 +669,7 @@ def _write_task(plan, item, image, loaded, pipe, timings, batch_info, lib_versio
 def _device(device: str, world: int) -> str:
     from .models import resolve_device
 
-    if world > 1 and device == "auto":
+    if world > 1 and device in ("auto", "cuda"):
         from accelerate import PartialState
 
         own = PartialState().device  # this process's GPU

@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import RunError
+from .errors import RunError, UsageError
 
 MANIFEST = "manifest.jsonl"
 # The recipe fields that decide an image's pixels; two images with the same hash are the same image.
@@ -52,12 +52,12 @@ class Entry:
     data: dict
 
 
-def read_manifest(out_dir: Path) -> tuple[list[dict], dict[str, Entry]]:
-    """Run headers, and the last entry per image across every shard (a later 'done' beats an earlier 'failed')."""
+def read_manifest(out_dir: Path) -> tuple[list[dict], dict[str, list[Entry]]]:
+    """Run headers, and every entry per image across every shard, in file order within a shard."""
     runs: list[dict] = []
-    latest: dict[str, Entry] = {}
+    entries: dict[str, list[Entry]] = {}
     if not out_dir.is_dir():
-        return runs, latest
+        return runs, entries
     for shard in sorted(out_dir.glob("manifest*.jsonl")):
         try:
             lines = shard.read_text(encoding="utf-8", errors="replace").splitlines()
@@ -74,11 +74,9 @@ def read_manifest(out_dir: Path) -> tuple[list[dict], dict[str, Entry]]:
                 runs.append(data)
             elif data.get("type") in ("done", "failed") and isinstance(data.get("key"), str):
                 entry = Entry(status=data["type"], key=data["key"], hash=str(data.get("hash")), data=data)
-                previous = latest.get(entry.key)
-                if previous is None or entry.status == "done" or previous.status != "done":
-                    latest[entry.key] = entry
+                entries.setdefault(entry.key, []).append(entry)
     runs.sort(key=lambda r: r.get("started", ""))
-    return runs, latest
+    return runs, entries
 
 
 class ManifestWriter:
@@ -87,9 +85,11 @@ class ManifestWriter:
     def __init__(self, out_dir: Path, rank: int = 0):
         self.path = out_dir / shard_name(rank)
         self._lock = threading.Lock()
+        self._fd = None
         out_dir.mkdir(parents=True, exist_ok=True)
         try:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._exclusive()
             size = os.fstat(self._fd).st_size
             if size:
                 with open(self.path, "rb") as f:
@@ -98,6 +98,21 @@ class ManifestWriter:
                         os.write(self._fd, b"\n")
         except OSError as exc:
             raise RunError(f"{self.path}: cannot write the manifest: {exc.strerror or exc}") from exc
+
+    def _exclusive(self) -> None:
+        """One writer per shard: a second batch on the same folder would make the same images twice."""
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory locks here
+            return
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self._fd)
+            self._fd = None
+            raise UsageError(
+                f"{self.path.parent}: another imagegen batch is writing to this folder; wait for it, or use another --out"
+            ) from None
 
     def append(self, data: dict) -> None:
         line = (json.dumps(data, ensure_ascii=False, allow_nan=False) + "\n").encode()
@@ -110,6 +125,6 @@ class ManifestWriter:
 
     def close(self) -> None:
         with self._lock:
-            if getattr(self, "_fd", None) is not None:
+            if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None

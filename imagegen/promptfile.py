@@ -47,6 +47,8 @@ class PromptFile:
     format: str
     jobs: tuple[Job, ...]
     errors: tuple[str, ...] = field(default=())
+    # Job indices held by invalid lines, so fixing a line later does not renumber (and reseed) the lines after it.
+    reserved: tuple[int, ...] = field(default=())
 
 
 def read_prompt_file(path: str, *, fmt: str | None = None, expand: bool = False, stdin=None) -> PromptFile:
@@ -57,20 +59,26 @@ def read_prompt_file(path: str, *, fmt: str | None = None, expand: bool = False,
     errors: list[str] = []
     rows = {"txt": _txt_rows, "jsonl": _jsonl_rows, "csv": _csv_rows}[fmt](text, source, errors)
     jobs: list[Job] = []
-    for line, data in rows:
-        try:
-            layer = Request.from_mapping(data, where=f"{source}:{line}", allowed=set(LINE_FIELDS))
-        except UsageError as exc:
-            errors.append(str(exc))
-            continue
-        if not layer.prompt or not layer.prompt.strip():
-            errors.append(f"{source}:{line}: empty prompt")
+    reserved: list[int] = []
+    for line, data in rows:  # data is None for a line already reported as invalid
+        layer = None
+        if data is not None:
+            try:
+                layer = Request.from_mapping(data, where=f"{source}:{line}", allowed=set(LINE_FIELDS))
+            except UsageError as exc:
+                errors.append(str(exc))
+            else:
+                if not layer.prompt or not layer.prompt.strip():
+                    errors.append(f"{source}:{line}: empty prompt")
+                    layer = None
+        if layer is None:
+            reserved.append(len(jobs) + len(reserved))
             continue
         for variant in _expand(layer) if expand else [layer]:
-            jobs.append(Job(index=len(jobs), line=line, request=variant))
+            jobs.append(Job(index=len(jobs) + len(reserved), line=line, request=variant))
     if not jobs and not errors:
         errors.append(f"{source}: no prompts (every line is blank or a # comment)")
-    return PromptFile(source=source, format=fmt, jobs=tuple(jobs), errors=tuple(errors))
+    return PromptFile(source=source, format=fmt, jobs=tuple(jobs), errors=tuple(errors), reserved=tuple(reserved))
 
 
 def _read_text(path: str, stdin) -> str:
@@ -136,16 +144,16 @@ def _jsonl_rows(text: str, source: str, errors: list[str]):
             data = json.loads(raw, parse_constant=_no_constant)
         except ValueError as exc:
             errors.append(f"{where}: not valid JSON ({exc})")
+            yield number, None
             continue
         if not isinstance(data, dict):
             errors.append(f"{where}: must be a JSON object such as {{\"prompt\": \"a red fox\", \"steps\": 20}}")
+            yield number, None
             continue
-        problem = _json_type_problem(data, where)
+        problem = _json_type_problem(data, where) or (None if "prompt" in data else f"{where}: missing \"prompt\"")
         if problem:
             errors.append(problem)
-            continue
-        if "prompt" not in data:
-            errors.append(f"{where}: missing \"prompt\"")
+            yield number, None
             continue
         yield number, data
 
@@ -205,6 +213,7 @@ def _csv_rows(text: str, source: str, errors: list[str]):
             continue
         if len(row) != len(header):
             errors.append(f"{source}:{number}: {len(row)} cells but the header has {len(header)} columns")
+            yield number, None
             continue
         yield number, {key: cell.strip() for key, cell in zip(header, row) if cell.strip()}
 
