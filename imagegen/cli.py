@@ -170,6 +170,58 @@ def _batch_summary(result) -> None:
 
 
 @app.command()
+def compare(
+    prompt: Annotated[str, typer.Argument(help="What to draw.")],
+    schedulers: Annotated[Optional[str], typer.Option("--schedulers", help="Scheduler axis: comma-separated names, e.g. 'Euler,DPM++ 2M Karras,UniPC'.")] = None,
+    steps: Annotated[Optional[str], typer.Option("--steps", help="Step axis: 8,15,30 or a range 10-50:10.")] = None,
+    cfg: Annotated[Optional[str], typer.Option("--cfg", help="CFG axis: 3,5,7 or a range 2-8:2.")] = None,
+    seeds: Annotated[Optional[str], typer.Option("--seeds", help="Seed axis: 1,2,3 or a range 1-4.")] = None,
+    seed: Seed = None,
+    reference: Annotated[Optional[str], typer.Option("--reference", metavar="SCHEDULER:STEPS", help="The cell every other is measured against. Default: the same scheduler at the largest step count.")] = None,
+    tolerance: Annotated[float, typer.Option("--tolerance", help="Mean absolute pixel difference (0-255) from the reference still counted as converged.")] = 2.0,
+    negative: Negative = None, guidance: Guidance = None, size: Size = None,
+    preset: Preset = None, model: Model = None, revision: Revision = None, variant: Variant = None,
+    dtype: Dtype = None, device: Device = None, out: Out = None,
+    quiet: Quiet = False, json_: Json = False, debug: Debug = False,
+) -> None:
+    """Compare schedulers, step counts, CFG scales and seeds on one prompt: a labelled grid, a table and an answer."""
+    from .compare import plan_compare, run_compare
+
+    flags = _flags(negative=negative, seed=seed, guidance=guidance, size=size, preset=preset, model=model,
+                   revision=revision, variant=variant, dtype=dtype, device=device, out=out)
+    plan = plan_compare(prompt, flags, schedulers=schedulers, steps=steps, cfg=cfg, seeds=seeds,
+                        reference=reference, tolerance=tolerance)
+    from .progress import NullBatchProgress, RichBatchProgress
+
+    result = run_compare(plan, progress=NullBatchProgress() if quiet else RichBatchProgress())
+    if json_:
+        from .compare_report import summary_json
+
+        sys.stdout.write(summary_json(result) + "\n")
+    elif not quiet:
+        _compare_table(result)
+
+
+def _compare_table(result) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .compare_report import rows
+
+    table = Table(title=f"compare {result.plan.out_dir}")
+    for column in ("scheduler", "steps", "cfg", "seed", "time s", "s/step", "Δ ref", "PSNR dB"):
+        table.add_column(column, justify="right")
+    for r in rows(result):
+        table.add_row(r["scheduler"], str(r["steps"]), f"{r['cfg']:g}", str(r["seed"]), f"{r['wall_s']:.2f}",
+                      f"{r['s_per_step']:.3f}", "" if r["mean_abs_diff"] is None else f"{r['mean_abs_diff']:.2f}",
+                      "" if r["psnr_db"] is None else str(r["psnr_db"]))
+    console = Console(stderr=True)
+    console.print(table)
+    console.print(result.answer, highlight=False, markup=False)
+    console.print("grid: " + ", ".join(str(p) for p in result.grids), highlight=False, markup=False)
+
+
+@app.command()
 def reproduce(
     source: Annotated[str, typer.Argument(metavar="FILE", help="An imagegen PNG or its .json sidecar.")],
     verify: Annotated[bool, typer.Option("--verify", help="Compare with the original; exit 4 if any pixel differs.")] = False,

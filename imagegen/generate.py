@@ -198,8 +198,13 @@ def group_key(req: ResolvedRequest) -> tuple:
             req.steps, req.scheduler, req.cfg, req.guidance, bool(req.negative))
 
 
-def pipeline_call(pipe, reqs: list[ResolvedRequest], seeds: list[int], progress: Progress) -> tuple[list, dict]:
-    """One pipeline call for a micro-batch: one CPU generator per image, so each depends only on its own seed."""
+def pipeline_call(pipe, reqs: list[ResolvedRequest], seeds: list[int], progress: Progress,
+                  embeddings: dict | None = None) -> tuple[list, dict]:
+    """One pipeline call for a micro-batch: one CPU generator per image, so each depends only on its own seed.
+
+    `embeddings` (prompt_embeds, ... from encode_prompt) replace the prompt and negative prompt: a comparison run
+    encodes its one prompt once and reuses it for every cell.
+    """
     import torch
 
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
@@ -217,8 +222,13 @@ def pipeline_call(pipe, reqs: list[ResolvedRequest], seeds: list[int], progress:
 
     start = time.perf_counter()
     try:
+        kwargs = call_kwargs(reqs)
+        if embeddings is not None:
+            kwargs.pop("prompt")
+            kwargs.pop("negative_prompt")
+            kwargs.update(embeddings)
         output = pipe(
-            **call_kwargs(reqs),
+            **kwargs,
             generator=generators,
             output_type="pil",
             callback_on_step_end=on_step_end,

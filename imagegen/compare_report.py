@@ -1,0 +1,166 @@
+"""What a comparison run leaves behind: grid PNGs with readable labels, results.csv/json and a self-contained report."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import math
+from pathlib import Path
+
+COLUMNS = ("scheduler", "steps", "cfg", "seed", "wall_s", "denoise_s", "s_per_step", "model_steps", "reference",
+           "mean_abs_diff", "psnr_db", "file")
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)  # Pillow's scalable built-in font
+    except TypeError:  # Pillow < 10.1: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def rows(result) -> list[dict]:
+    out = []
+    for c in result.cells:
+        req = c.cell.req
+        out.append({
+            "scheduler": req.scheduler, "steps": req.steps, "cfg": req.cfg, "seed": req.seed,
+            "wall_s": round(c.wall_s, 4), "denoise_s": round(c.denoise_s, 4), "s_per_step": round(c.s_per_step, 5),
+            "model_steps": c.model_steps, "reference": c.reference,
+            "mean_abs_diff": None if c.mad is None else round(c.mad, 4),
+            "psnr_db": None if c.psnr is None else (round(c.psnr, 3) if math.isfinite(c.psnr) else "inf"),
+            "file": str(c.path.relative_to(result.plan.out_dir)) if c.path else None,
+        })
+    return out
+
+
+def grid_images(result) -> list:
+    """One labelled grid per page value: row labels on the left, column labels on top, each cell's time below it."""
+    from PIL import Image, ImageDraw
+
+    from .compare import _fmt
+
+    plan = result.plan
+    varying = plan.varying
+    pages = sorted({c.cell.page for c in result.cells})
+    first = result.cells[0].pixels
+    h, w = first.shape[:2]
+    scale = max(1, 256 // max(w, h))  # small images are enlarged (nearest) so a grid stays legible
+    cw, ch = w * scale, h * scale
+    font_size = 18
+    font, small = _font(font_size), _font(14)
+    row_axis = varying[0] if varying else "scheduler"
+    col_axis = varying[1] if len(varying) > 1 else None
+    row_values = plan.axes[row_axis]
+    col_values = plan.axes[col_axis] if col_axis else (None,)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_w = 16 + max(measure.textlength(f"{_fmt(v)}", font=font) for v in row_values)
+    top = 2 * font_size + 24
+    caption = 20
+    grids = []
+    for page in pages:
+        cells = [c for c in result.cells if c.cell.page == page]
+        canvas = Image.new("RGB", (int(label_w + len(col_values) * (cw + 8) + 8),
+                                   int(top + len(row_values) * (ch + caption + 8) + 8)), "white")
+        draw = ImageDraw.Draw(canvas)
+        title = result.plan.prompt if len(result.plan.prompt) < 90 else result.plan.prompt[:89] + "…"
+        if len(varying) > 2:
+            title = f"{varying[2]} {_fmt(plan.axes[varying[2]][page])}: {title}"
+        draw.text((8, 4), title, fill="black", font=small)
+        axis_text = f"rows: {row_axis}" + (f"   columns: {col_axis}" if col_axis else "")
+        draw.text((8, 4 + 18), axis_text, fill="#555555", font=small)
+        for j, value in enumerate(col_values):
+            if value is not None:
+                draw.text((label_w + j * (cw + 8) + 8, top - font_size - 6), _fmt(value), fill="black", font=font)
+        for i, value in enumerate(row_values):
+            y = top + i * (ch + caption + 8)
+            draw.text((8, y + ch // 2 - font_size // 2), _fmt(value), fill="black", font=font)
+        for c in cells:
+            x = int(label_w + c.cell.col * (cw + 8) + 8)
+            y = int(top + c.cell.row * (ch + caption + 8))
+            tile = Image.fromarray(c.pixels).resize((cw, ch), Image.NEAREST)
+            canvas.paste(tile, (x, y))
+            text = f"{c.wall_s:.2f} s" + (f"  diff {c.mad:.1f}" if c.mad is not None else "")
+            draw.text((x, y + ch + 2), text, fill="#333333", font=small)
+        grids.append(canvas)
+    return grids
+
+
+def write_reports(result) -> None:
+    from .output import write_new
+
+    out = result.plan.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    table = rows(result)
+    grids = grid_images(result)
+    result.grids = []
+    for page, grid in enumerate(grids):
+        name = "grid.png" if len(grids) == 1 else f"grid-{page + 1}.png"
+        path = _free(out / name)
+        grid.save(path)
+        result.grids.append(path)
+    csv_path = _free(out / "results.csv")
+    with open(csv_path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(table)
+    summary = {"prompt": result.plan.prompt, "tolerance": result.plan.tolerance, "answer": result.answer,
+               "load_s": round(result.load_s, 4), "encode_s": round(result.encode_s, 4), "cells": table,
+               "grids": [p.name for p in result.grids]}
+    write_new(_free(out / "results.json"), summary)
+    _free(out / "report.html").write_text(_html(result, table, grids), encoding="utf-8")
+
+
+def _free(path: Path) -> Path:
+    """path, or path-2, path-3 ... if it exists: a second comparison into one folder never overwrites the first."""
+    if not path.exists():
+        return path
+    for n in range(2, 10_000):
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+        if not candidate.exists():
+            return candidate
+    raise OSError(f"{path}: no free name")
+
+
+def _html(result, table: list[dict], grids: list) -> str:
+    images = []
+    for grid in grids:
+        buffer = io.BytesIO()
+        grid.save(buffer, format="PNG")
+        images.append(f'<img alt="grid" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">')
+    head = "".join(f"<th onclick=\"sortBy({i})\">{html.escape(c)}</th>" for i, c in enumerate(COLUMNS))
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape('' if r[c] is None else str(r[c]))}</td>" for c in COLUMNS) + "</tr>"
+        for r in table
+    )
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>imagegen compare</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;
+padding:4px 8px;text-align:right}}th{{cursor:pointer;background:#eee}}img{{max-width:100%}}</style></head>
+<body><h1>imagegen compare</h1><p>{html.escape(result.plan.prompt)}</p>
+<p><b>{html.escape(result.answer)}</b></p>{''.join(images)}
+<table id="t"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
+<script>
+function sortBy(col) {{
+  const tbody = document.querySelector('#t tbody');
+  const rows = Array.from(tbody.rows);
+  const asc = tbody.dataset.col == col && tbody.dataset.dir != 'asc';
+  rows.sort((a, b) => {{
+    const x = a.cells[col].textContent, y = b.cells[col].textContent;
+    const nx = parseFloat(x), ny = parseFloat(y);
+    const c = (!isNaN(nx) && !isNaN(ny)) ? nx - ny : x.localeCompare(y);
+    return asc ? c : -c;
+  }});
+  tbody.dataset.col = col; tbody.dataset.dir = asc ? 'asc' : 'desc';
+  rows.forEach(r => tbody.appendChild(r));
+}}
+</script></body></html>
+"""
+
+
+def summary_json(result) -> str:
+    return json.dumps({"answer": result.answer, "cells": rows(result), "grids": [str(p) for p in result.grids]})
