@@ -196,17 +196,24 @@ class CompareResult:
     def denoise_total_s(self) -> float:
         return sum(c.denoise_s for c in self.cells)
 
+    @property
+    def overhead(self) -> float:
+        """Everything after the load that is not denoising (encode, scheduler swaps, decode, writes, reports),
+        as a fraction of the summed denoising time of the cells."""
+        busy = self.denoise_total_s
+        return (self.wall_s - self.load_s - busy) / busy if busy else 0.0
+
 
 def run_compare(plan: ComparePlan, *, progress=None) -> CompareResult:
     """Load once, encode once, then run every cell, swapping the scheduler in place; write images, grid and tables."""
     import numpy as np
 
     from .generate import pipeline_call
-    from .metadata import a1111_parameters, build_record, versions
+    from .metadata import build_record, versions
     from .models import load_model, resolve_device, resolve_dtype
-    from .output import pixels_sha256, write_image
     from .progress import NullBatchProgress
     from .schedulers import build_scheduler, resolve_scheduler
+    from .writer import BackgroundWriter
 
     progress = progress or NullBatchProgress()
     started = time.perf_counter()
@@ -223,6 +230,7 @@ def run_compare(plan: ComparePlan, *, progress=None) -> CompareResult:
     result.encode_s = time.perf_counter() - t0
     lib_versions = versions()
     progress.start(total=len(plan.cells))
+    writer = BackgroundWriter(max_pending=4)  # PNG encoding and sidecars overlap the next cell's denoising
     try:
         for cell in plan.cells:
             req = cell.req
@@ -243,15 +251,18 @@ def run_compare(plan: ComparePlan, *, progress=None) -> CompareResult:
                        "compare": {k: v for k, v in cell.values.items()}},
                 lib_versions=lib_versions,
             )
-            record["output"] = {"pixels_sha256": pixels_sha256(image)}
             name = "cells/" + "_".join(f"{k}-{_slug_value(v)}" for k, v in cell.values.items())
-            written = write_image(image, plan.out_dir, name, parameters=a1111_parameters(record), record=record)
-            result.cells.append(CellResult(
-                cell=cell, path=written.png, sidecar=written.sidecar, wall_s=wall, denoise_s=timings["denoise_s"],
+            cell_result = CellResult(
+                cell=cell, wall_s=wall, denoise_s=timings["denoise_s"],
                 model_steps=max(steps_seen or [req.steps]), pixels=np.asarray(image.convert("RGB")),
-            ))
-            progress.image_done(cell, written.png)
+            )
+            result.cells.append(cell_result)
+            writer.submit(_write_cell(plan.out_dir, name, image, record, cell_result))
+            progress.image_done(cell, None)
+            if len(result.cells) == 1 and len(plan.cells) > 1:
+                progress.note(f"estimated time for all {len(plan.cells)} cells: {_estimate(plan, result.cells[0]):.1f} s")
     finally:
+        writer.close()
         progress.finish()
     convergence(result)
     from .compare_report import write_reports
@@ -259,6 +270,25 @@ def run_compare(plan: ComparePlan, *, progress=None) -> CompareResult:
     write_reports(result)
     result.wall_s = time.perf_counter() - started
     return result
+
+
+def _write_cell(out_dir: Path, name: str, image, record: dict, cell_result: CellResult):
+    from .metadata import a1111_parameters
+    from .output import pixels_sha256, write_image
+
+    def task():
+        record["output"] = {"pixels_sha256": pixels_sha256(image)}
+        written = write_image(image, out_dir, name, parameters=a1111_parameters(record), record=record)
+        cell_result.path, cell_result.sidecar = written.png, written.sidecar
+
+    return task
+
+
+def _estimate(plan: ComparePlan, first: CellResult) -> float:
+    """Every cell's cost from the first cell's time per model step, scaled by each cell's step count."""
+    per_step = first.wall_s / max(1, first.model_steps)
+    scale = first.model_steps / max(1, first.cell.req.steps)  # second-order samplers: model steps per step
+    return sum(per_step * max(1, round(c.req.steps * scale)) for c in plan.cells)
 
 
 class _Shown:

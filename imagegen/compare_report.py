@@ -109,7 +109,8 @@ def write_reports(result) -> None:
         writer.writeheader()
         writer.writerows(table)
     summary = {"prompt": result.plan.prompt, "tolerance": result.plan.tolerance, "answer": result.answer,
-               "load_s": round(result.load_s, 4), "encode_s": round(result.encode_s, 4), "cells": table,
+               "load_s": round(result.load_s, 4), "encode_s": round(result.encode_s, 4),
+               "denoise_total_s": round(result.denoise_total_s, 4), "cells": table,
                "grids": [p.name for p in result.grids]}
     write_new(_free(out / "results.json"), summary)
     _free(out / "report.html").write_text(_html(result, table, grids), encoding="utf-8")
@@ -163,4 +164,8 @@ function sortBy(col) {{
 
 
 def summary_json(result) -> str:
-    return json.dumps({"answer": result.answer, "cells": rows(result), "grids": [str(p) for p in result.grids]})
+    return json.dumps({
+        "answer": result.answer, "cells": rows(result), "grids": [str(p) for p in result.grids],
+        "load_s": round(result.load_s, 4), "encode_s": round(result.encode_s, 4), "wall_s": round(result.wall_s, 4),
+        "denoise_total_s": round(result.denoise_total_s, 4), "overhead": round(result.overhead, 4),
+    })
