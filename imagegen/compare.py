@@ -234,7 +234,7 @@ def run_compare(plan: ComparePlan, *, progress=None) -> CompareResult:
     try:
         for cell in plan.cells:
             req = cell.req
-            progress.group([_Shown(cell)])
+            progress.current(cell.label)
             pipe.scheduler = build_scheduler(resolve_scheduler(req.scheduler, req.family), loaded.native_scheduler)
             steps_seen: list[int] = []
             watcher = _StepCounter(progress, steps_seen)
@@ -289,13 +289,6 @@ def _estimate(plan: ComparePlan, first: CellResult) -> float:
     per_step = first.wall_s / max(1, first.model_steps)
     scale = first.model_steps / max(1, first.cell.req.steps)  # second-order samplers: model steps per step
     return sum(per_step * max(1, round(c.req.steps * scale)) for c in plan.cells)
-
-
-class _Shown:
-    """What the batch progress bar shows for a cell (it reads .req.prompt)."""
-
-    def __init__(self, cell: Cell):
-        self.req = type("R", (), {"prompt": cell.label})()
 
 
 class _StepCounter:
@@ -361,9 +354,16 @@ def convergence(result: CompareResult) -> None:
         c.mad = float(diff.mean())
         mse = float((diff ** 2).mean())
         c.psnr = float("inf") if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
-    within = [c for c in result.cells if c.mad is not None and c.mad <= plan.tolerance]
+    def is_reference(c: CellResult) -> bool:
+        return c.reference == f"{c.cell.req.scheduler}:{c.cell.req.steps}"
+
+    within = [c for c in result.cells if c.mad is not None and c.mad <= plan.tolerance and not is_reference(c)]
     if not within:
-        result.answer = f"no cell is within {plan.tolerance:g} mean pixel difference of its reference"
+        measured = [c for c in result.cells if c.mad is not None and not is_reference(c)]
+        closest = min(measured, key=lambda c: c.mad, default=None)
+        result.answer = f"no setting cheaper than its reference is within {plan.tolerance:g} mean pixel difference" + (
+            f"; the closest is {closest.cell.req.scheduler} at {closest.cell.req.steps} steps ({closest.mad:.2f})"
+            if closest else "")
         return
     best = min(within, key=lambda c: (c.denoise_s, c.cell.req.steps))
     ref = by_key[(*_ref_of(best, plan), best.cell.req.cfg, best.cell.req.seed)]

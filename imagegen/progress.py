@@ -119,6 +119,9 @@ class NullBatchProgress:
     def group(self, items: list) -> None:
         pass
 
+    def current(self, label: str) -> None:
+        pass
+
     def step(self, step: int, steps: int) -> None:
         pass
 
@@ -183,7 +186,10 @@ class RichBatchProgress(NullBatchProgress):
 
     def group(self, items: list) -> None:
         more = f" (+{len(items) - 1})" if len(items) > 1 else ""
-        self._progress.update(self._task, prompt=shorten(items[0].req.prompt, 36) + more, step="")
+        self.current(shorten(items[0].req.prompt, 36) + more)
+
+    def current(self, label: str) -> None:
+        self._progress.update(self._task, prompt=label, step="")
 
     def step(self, step: int, steps: int) -> None:
         self._progress.update(self._task, step=f"step {step}/{steps}")
