@@ -259,13 +259,11 @@ def _job_images(job: Job, req: ResolvedRequest, start: int) -> list[PlannedImage
 
 def _fresh_folder(out_dir: Path) -> Path:
     """out_dir if it is empty or missing, else the first free out_dir-2, -3, ... (nothing is overwritten)."""
-    if not out_dir.exists() or (out_dir.is_dir() and not any(out_dir.iterdir())):
+    from .output import first_free
+
+    if out_dir.is_dir() and not any(out_dir.iterdir()):
         return out_dir
-    for number in range(2, 100_000):
-        candidate = out_dir.with_name(f"{out_dir.name}-{number}")
-        if not candidate.exists():
-            return candidate
-    raise RunError(f"{out_dir}: no free folder name for --restart")
+    return first_free(out_dir, lambda n: out_dir.with_name(f"{out_dir.name}-{n}"))
 
 
 # ---- resume: what is already done
@@ -332,12 +330,12 @@ def _count(number: int, noun: str) -> str:
 
 def _move_aside(path: Path, label: str) -> Path:
     """Rename a file to <name>.<label> (or .<label>-2, ...), never replacing anything."""
-    for number in range(1, 10_000):
-        aside = path.with_name(f"{path.name}.{label}" + ("" if number == 1 else f"-{number}"))
-        if not aside.exists():
-            path.rename(aside)
-            return aside
-    raise RunError(f"{path}: no free name to move it aside")
+    from .output import first_free
+
+    aside = path.with_name(f"{path.name}.{label}")
+    aside = first_free(aside, lambda n: aside.with_name(f"{aside.name}-{n}"))
+    path.rename(aside)
+    return aside
 
 
 def _orphan(out_dir: Path, item: PlannedImage, referenced: set[str]) -> dict | None:

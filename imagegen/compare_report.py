@@ -118,13 +118,9 @@ def write_reports(result) -> None:
 
 def _free(path: Path) -> Path:
     """path, or path-2, path-3 ... if it exists: a second comparison into one folder never overwrites the first."""
-    if not path.exists():
-        return path
-    for n in range(2, 10_000):
-        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
-        if not candidate.exists():
-            return candidate
-    raise OSError(f"{path}: no free name")
+    from .output import first_free
+
+    return first_free(path, lambda n: path.with_name(f"{path.stem}-{n}{path.suffix}"))
 
 
 def _html(result, table: list[dict], grids: list) -> str:

@@ -79,6 +79,17 @@ def next_index(out_dir: Path) -> int:
     return highest + 1
 
 
+def first_free(path: Path, numbered, *, limit: int = 10_000) -> Path:
+    """`path` if nothing is there, else the first free `numbered(n)` for n = 2, 3, ...: nothing is ever replaced."""
+    if not path.exists():
+        return path
+    for number in range(2, limit):
+        candidate = numbered(number)
+        if not candidate.exists():
+            return candidate
+    raise RunError(f"{path}: no free name after {limit} tries")
+
+
 def render_name(template: str, values: dict) -> str:
     name = template.format(**values)
     _check_relative(name, template)
