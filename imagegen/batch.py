@@ -477,9 +477,12 @@ def run_batch(plan: BatchPlan, *, batch_size: int | None = None, fail_fast: bool
         pending, share = resume.pending, len(plan.images)
     result.total = share
 
+    from .metadata import versions
+
+    lib_versions = versions()
     manifest.append({"type": "run", "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "source": plan.source,
                      "base_seed": plan.base_seed, "images": len(plan.images), "rank": rank, "world": world,
-                     "imagegen": _version()})
+                     "imagegen": lib_versions.get("imagegen")})
     if rank == 0:
         for item, record in resume.adopted:
             _adopt(plan.out_dir, item, record, manifest)
@@ -493,7 +496,7 @@ def run_batch(plan: BatchPlan, *, batch_size: int | None = None, fail_fast: bool
             )
     try:
         with _Stop(progress) as stop:
-            _run_pending(plan, pending, result, manifest, stop, progress, batch_size=batch_size,
+            _run_pending(plan, pending, result, manifest, stop, progress, lib_versions, batch_size=batch_size,
                          fail_fast=fail_fast, compile=compile)
     except KeyboardInterrupt:
         from .errors import Interrupted
@@ -520,8 +523,8 @@ def _groups(pending: list[PlannedImage]) -> list[list[PlannedImage]]:
     return sorted(groups.values(), key=lambda g: (g[0].req.model, g[0].index))
 
 
-def _run_pending(plan, pending, result, manifest, stop, progress, *, batch_size, fail_fast, compile) -> None:
-    from .metadata import versions
+def _run_pending(plan, pending, result, manifest, stop, progress, lib_versions, *, batch_size, fail_fast,
+                 compile) -> None:
     from .models import load_model, resolve_dtype
     from .schedulers import build_scheduler, resolve_scheduler
     from .writer import BackgroundWriter
@@ -531,7 +534,6 @@ def _run_pending(plan, pending, result, manifest, stop, progress, *, batch_size,
     chosen = {}
     progress.start(total=len(pending))
     writer = None
-    lib_versions = versions()
     group_times: list[tuple[int, float]] = []
     try:
         for group in _groups(pending):
@@ -634,8 +636,8 @@ def _fail(chunk, error: str, result, manifest, progress) -> None:
 
 
 def _write_task(plan, item, image, loaded, pipe, timings, batch_info, lib_versions, manifest, result, progress):
-    from .metadata import a1111_parameters, build_record
-    from .output import pixels_sha256, write_image
+    from .metadata import build_record
+    from .output import write_recorded
 
     req = item.req
     scheduler_config = dict(pipe.scheduler.config)
@@ -652,12 +654,9 @@ def _write_task(plan, item, image, loaded, pipe, timings, batch_info, lib_versio
     )
 
     def task():
-        pixels = pixels_sha256(image)
-        record["output"] = {"pixels_sha256": pixels}
-        full = req.metadata == "full"
-        written = write_image(image, plan.out_dir, item.name,
-                              parameters=a1111_parameters(record) if full else None, record=record if full else None)
-        manifest.append(_done_line(plan.out_dir, item, written.png, written.sidecar, written.sha256, pixels))
+        written = write_recorded(image, plan.out_dir, item.name, record, metadata=req.metadata)
+        manifest.append(_done_line(plan.out_dir, item, written.png, written.sidecar, written.sha256,
+                                   record["output"]["pixels_sha256"]))
         result.done += 1
         progress.image_done(item, written.png)
 
@@ -706,11 +705,3 @@ def _empty_cache() -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
-
-def _version() -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("imagegen")
-    except PackageNotFoundError:
-        return None

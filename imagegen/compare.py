@@ -273,12 +273,10 @@ def run_compare(plan: ComparePlan, *, progress=None) -> CompareResult:
 
 
 def _write_cell(out_dir: Path, name: str, image, record: dict, cell_result: CellResult):
-    from .metadata import a1111_parameters
-    from .output import pixels_sha256, write_image
+    from .output import write_recorded
 
     def task():
-        record["output"] = {"pixels_sha256": pixels_sha256(image)}
-        written = write_image(image, out_dir, name, parameters=a1111_parameters(record), record=record)
+        written = write_recorded(image, out_dir, name, record)
         cell_result.path, cell_result.sidecar = written.png, written.sidecar
 
     return task

@@ -8,8 +8,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from .metadata import a1111_parameters, build_record, versions
-from .output import next_index, pixels_sha256, render_name, slug, write_image
+from .metadata import build_record, versions
+from .output import next_index, pixels_sha256, render_name, slug, write_recorded
 from .progress import NullProgress, Progress
 from .request import Request, ResolvedRequest, resolve
 
@@ -125,11 +125,7 @@ def run(req: ResolvedRequest, *, progress: Progress | None = None, save: bool = 
             path = sidecar = sha = None
             if save:
                 name = render_name(req.name, name_values(req, choice, first_index + index, seed))
-                written = write_image(
-                    image, out_dir, name,
-                    parameters=a1111_parameters(record) if req.metadata == "full" else None,
-                    record=record if req.metadata == "full" else None,
-                )
+                written = write_recorded(image, out_dir, name, record, metadata=req.metadata)
                 path, sidecar, sha = written.png, written.sidecar, written.sha256
                 totals["save_s"] += written.save_s
             result = ImageResult(

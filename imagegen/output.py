@@ -168,6 +168,17 @@ def write_new(path: Path, data: dict) -> None:
             tmp.unlink()
 
 
+def write_recorded(image, out_dir: Path, name: str, record: dict, *, metadata: str = "full") -> Written:
+    """Write an image with its recipe (A1111 chunk, JSON chunk, sidecar); the record gains the pixel hash if it lacks
+    one. With metadata 'none', only the pixels are written."""
+    from .metadata import a1111_parameters
+
+    record.setdefault("output", {"pixels_sha256": pixels_sha256(image)})
+    full = metadata == "full"
+    return write_image(image, out_dir, name, parameters=a1111_parameters(record) if full else None,
+                       record=record if full else None)
+
+
 def write_image(image, out_dir: Path, name: str, *, parameters: str | None, record: dict | None) -> Written:
     """Write `<name>.png` (+ `<name>.json`) atomically; an existing name gets a -1, -2, ... suffix, never replaced."""
     from PIL.PngImagePlugin import PngInfo

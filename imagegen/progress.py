@@ -43,8 +43,8 @@ class NullProgress:
         pass
 
 
-class RichProgress(NullProgress):
-    """A Rich bar on stderr: steps and it/s for the current image(s), and images done of the total."""
+class _RichConsole:
+    """What both Rich reporters share: a stderr console, notes, and a spinner while a model loads."""
 
     def __init__(self, console=None):
         from rich.console import Console
@@ -61,6 +61,10 @@ class RichProgress(NullProgress):
     def loading(self, model: str):
         with self.console.status(f"loading {model} ...", spinner="dots"):
             yield
+
+
+class RichProgress(_RichConsole, NullProgress):
+    """A Rich bar on stderr: steps and it/s for the current image(s), and images done of the total."""
 
     def start(self, total: int, steps: int) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -141,28 +145,17 @@ def shorten(text: str, limit: int = 48) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-class RichBatchProgress(NullBatchProgress):
+class RichBatchProgress(_RichConsole, NullBatchProgress):
     """One bar over the whole batch on stderr: images done of total, images/s, ETA, the current prompt and step."""
-
-    def __init__(self, console=None):
-        from rich.console import Console
-
-        self.console = console or Console(stderr=True)
-        self._progress = None
-
-    def note(self, message: str) -> None:
-        from rich.markup import escape
-
-        self.console.print(f"[yellow]note:[/] {escape(message)}", highlight=False)
 
     @contextlib.contextmanager
     def loading(self, model: str):
-        if self._progress is not None:
-            self._progress.update(self._task, prompt=f"loading {shorten(model, 40)}")
-            yield
+        if self._progress is None:
+            with super().loading(model):
+                yield
             return
-        with self.console.status(f"loading {model} ...", spinner="dots"):
-            yield
+        self._progress.update(self._task, prompt=f"loading {shorten(model, 40)}")  # the bar is up: say it there
+        yield
 
     def start(self, total: int) -> None:
         import time
