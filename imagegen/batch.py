@@ -520,12 +520,18 @@ def _groups(pending: list[PlannedImage]) -> list[list[PlannedImage]]:
     groups: dict[tuple, list[PlannedImage]] = {}
     for item in pending:
         groups.setdefault(group_key(item.req), []).append(item)
-    return sorted(groups.values(), key=lambda g: (g[0].req.model, g[0].index))
+    # By model, then by IP-Adapter and nets, so each is loaded (or swapped in) as few times as possible.
+    return sorted(groups.values(), key=lambda g: (g[0].req.model, _weights_order(g[0].req), g[0].index))
+
+
+def _weights_order(req: ResolvedRequest) -> tuple:
+    ip = req.ip_adapter.weights_key() if req.ip_adapter is not None else ()
+    return (tuple(str(x) for x in ip), tuple(str(u.net_key()) for u in req.control))
 
 
 def _run_pending(plan, pending, result, manifest, stop, progress, lib_versions, *, batch_size, fail_fast,
                  compile) -> None:
-    from .models import load_model, resolve_dtype
+    from .models import load_model, pipeline_for, resolve_dtype
     from .schedulers import build_scheduler, resolve_scheduler
     from .writer import BackgroundWriter
 
@@ -546,9 +552,9 @@ def _run_pending(plan, pending, result, manifest, stop, progress, lib_versions, 
             with progress.loading(req.model):
                 loaded = load_model(req.model, family=req.family, revision=req.revision, variant=req.variant,
                                     dtype=dtype, device=device)
+                pipe = pipeline_for(loaded, req)  # ControlNet / IP-Adapter: the same base modules, never a copy
             if compile and not getattr(loaded, "compiled", False):
                 _compile(loaded)
-            pipe = loaded.pipe
             choice = resolve_scheduler(req.scheduler, req.family)
             pipe.scheduler = build_scheduler(choice, loaded.native_scheduler)
             size = batch_size or auto_batch_size(device, *_latent(req, loaded))
@@ -636,6 +642,7 @@ def _fail(chunk, error: str, result, manifest, progress) -> None:
 
 
 def _write_task(plan, item, image, loaded, pipe, timings, batch_info, lib_versions, manifest, result, progress):
+    from .generate import control_maps
     from .metadata import build_record
     from .output import write_recorded
 
@@ -654,7 +661,8 @@ def _write_task(plan, item, image, loaded, pipe, timings, batch_info, lib_versio
     )
 
     def task():
-        written = write_recorded(image, plan.out_dir, item.name, record, metadata=req.metadata)
+        written = write_recorded(image, plan.out_dir, item.name, record, metadata=req.metadata,
+                                 extras=control_maps(req))
         manifest.append(_done_line(plan.out_dir, item, written.png, written.sidecar, written.sha256,
                                    record["output"]["pixels_sha256"]))
         result.done += 1

@@ -43,6 +43,21 @@ Device = Annotated[Optional[str], typer.Option("--device", help="auto (cuda > mp
 Out = Annotated[Optional[str], typer.Option("--out", "-o", help="Output folder. Default: ./outputs")]
 Name = Annotated[Optional[str], typer.Option("--name", help="File-name template; placeholders {index} {seed} {prompt} {preset} {scheduler} {steps} {cfg} {width} {height} {model} {date}. Default: {index:04d}-{seed}")]
 Metadata = Annotated[Optional[str], typer.Option("--metadata", help="full (PNG chunks + JSON sidecar) or none (privacy).")]
+# ControlNet and IP-Adapter (imagegen.controlnet, imagegen.ip_adapter): list options repeat, one per net or image.
+Control = Annotated[Optional[list[str]], typer.Option("--control", metavar="TYPE:IMAGE", help="Steer with a ControlNet: canny:IMAGE (edges found with OpenCV), depth:MAP (used as given) or raw:MAP (for the net named by --controlnet-model). Repeat for several nets. The map is fitted to the output size and saved as <name>.control.png.")]
+ControlScale = Annotated[Optional[list[str]], typer.Option("--control-scale", metavar="FLOAT", help="ControlNet strength (default 1): one value for every net, or one per --control (repeat, or 0.7,0.5).")]
+ControlStart = Annotated[Optional[list[str]], typer.Option("--control-start", metavar="FLOAT", help="Fraction of the steps at which each net starts steering (default 0); one or one per --control.")]
+ControlEnd = Annotated[Optional[list[str]], typer.Option("--control-end", metavar="FLOAT", help="Fraction of the steps at which each net stops (default 1); one or one per --control.")]
+ControlnetModel = Annotated[Optional[list[str]], typer.Option("--controlnet-model", metavar="REPO|DIR", help="The net for each --control, in order (hub repo id, repo@revision or local folder; '-' keeps the preset's). Default: the preset's net for the type.")]
+CannyLow = Annotated[Optional[str], typer.Option("--canny-low", metavar="INT", help="Canny's lower hysteresis threshold (default 100).")]
+CannyHigh = Annotated[Optional[str], typer.Option("--canny-high", metavar="INT", help="Canny's upper hysteresis threshold (default 200).")]
+IpAdapter = Annotated[Optional[list[str]], typer.Option("--ip-adapter", metavar="IMAGE", help="Image prompt: style or subject from a reference image (repeat for several; SD3 takes one). Flux turns on true CFG for it.")]
+IpScale = Annotated[Optional[str], typer.Option("--ip-scale", metavar="FLOAT", help="IP-Adapter strength (default: the preset's, else 1).")]
+IpAdapterModel = Annotated[Optional[str], typer.Option("--ip-adapter-model", metavar="REPO|DIR", help="IP-Adapter repo id (repo@revision) or local folder. Default: the preset's.")]
+IpAdapterSubfolder = Annotated[Optional[str], typer.Option("--ip-adapter-subfolder", help="Subfolder of the adapter file in that repo or folder.")]
+IpAdapterWeight = Annotated[Optional[str], typer.Option("--ip-adapter-weight", metavar="FILE", help="The adapter's .safetensors file name (pickle .bin files are refused).")]
+ImageEncoder = Annotated[Optional[str], typer.Option("--image-encoder", metavar="REPO|DIR", help="The adapter's image encoder (CLIP vision for SDXL and Flux, SigLIP for SD3). Default: the preset's, or DIR/image_encoder beside a local adapter.")]
+ImageEncoderSubfolder = Annotated[Optional[str], typer.Option("--image-encoder-subfolder", help="Subfolder of the image encoder in its repo or folder.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or notes on stderr.")]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON result on stdout.")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")]
@@ -52,6 +67,15 @@ def _flags(**values) -> "Request":
     from .request import Request
 
     return Request.from_mapping({k: v for k, v in values.items() if v is not None}, where=None)
+
+
+def _conditioning(control=None, control_scale=None, control_start=None, control_end=None, controlnet_model=None,
+                  canny_low=None, canny_high=None, ip_adapter=None, ip_scale=None, ip_adapter_model=None,
+                  ip_adapter_subfolder=None, ip_adapter_weight=None, image_encoder=None,
+                  image_encoder_subfolder=None) -> dict:
+    """The ControlNet and IP-Adapter flags as request fields (an empty repeatable option is not given)."""
+    values = dict(locals())
+    return {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in values.items() if v not in (None, [], ())}
 
 
 def _progress(quiet: bool):
@@ -72,17 +96,27 @@ def txt2img(
     size: Size = None, scheduler: Scheduler = None, n: Count = None, batch_size: BatchSize = None,
     preset: Preset = None, model: Model = None, revision: Revision = None, variant: Variant = None,
     dtype: Dtype = None, device: Device = None, out: Out = None, name: Name = None, metadata: Metadata = None,
+    control: Control = None, control_scale: ControlScale = None, control_start: ControlStart = None,
+    control_end: ControlEnd = None, controlnet_model: ControlnetModel = None, canny_low: CannyLow = None,
+    canny_high: CannyHigh = None, ip_adapter: IpAdapter = None, ip_scale: IpScale = None,
+    ip_adapter_model: IpAdapterModel = None, ip_adapter_subfolder: IpAdapterSubfolder = None,
+    ip_adapter_weight: IpAdapterWeight = None, image_encoder: ImageEncoder = None,
+    image_encoder_subfolder: ImageEncoderSubfolder = None,
     quiet: Quiet = False, json_: Json = False, debug: Debug = False,
 ) -> None:
-    """Generate images from a text prompt."""
+    """Generate images from a text prompt (optionally steered by ControlNets and an IP-Adapter)."""
     from .generate import run
-    from .request import resolve
+    from .request import check_companions, resolve
 
     flags = _flags(
         prompt=prompt, negative=negative, seed=seed, steps=steps, cfg=cfg, guidance=guidance, size=size,
         scheduler=scheduler, n=n, batch_size=batch_size, preset=preset, model=model, revision=revision,
         variant=variant, dtype=dtype, device=device, out=out, name=name, metadata=metadata,
+        **_conditioning(control, control_scale, control_start, control_end, controlnet_model, canny_low, canny_high,
+                        ip_adapter, ip_scale, ip_adapter_model, ip_adapter_subfolder, ip_adapter_weight, image_encoder,
+                        image_encoder_subfolder),
     )
+    check_companions(flags)
     _emit(run(resolve(flags), progress=_progress(quiet)), json_)
 
 
@@ -105,6 +139,12 @@ def batch(
     restart: Annotated[bool, typer.Option("--restart", help="Start over in a new folder (OUT-2, OUT-3, ...) instead of resuming; nothing is overwritten.")] = False,
     fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failed job (default: record it and go on; exit code 3).")] = False,
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the denoiser: pays off on long runs; the warm-up time is reported.")] = False,
+    control: Control = None, control_scale: ControlScale = None, control_start: ControlStart = None,
+    control_end: ControlEnd = None, controlnet_model: ControlnetModel = None, canny_low: CannyLow = None,
+    canny_high: CannyHigh = None, ip_adapter: IpAdapter = None, ip_scale: IpScale = None,
+    ip_adapter_model: IpAdapterModel = None, ip_adapter_subfolder: IpAdapterSubfolder = None,
+    ip_adapter_weight: IpAdapterWeight = None, image_encoder: ImageEncoder = None,
+    image_encoder_subfolder: ImageEncoderSubfolder = None,
     quiet: Quiet = False, json_: Json = False, debug: Debug = False,
 ) -> None:
     """Generate every prompt of a file: validated first, resumable, crash-safe (flags are every line's defaults)."""
@@ -126,6 +166,9 @@ def batch(
         negative=negative, steps=steps, cfg=cfg, guidance=guidance, size=size, scheduler=scheduler, n=n,
         preset=preset, model=model, revision=revision, variant=variant, dtype=dtype, device=device, out=out,
         name=name, metadata=metadata,
+        **_conditioning(control, control_scale, control_start, control_end, controlnet_model, canny_low, canny_high,
+                        ip_adapter, ip_scale, ip_adapter_model, ip_adapter_subfolder, ip_adapter_weight, image_encoder,
+                        image_encoder_subfolder),
     )
     plan = prepare(file, flags, base_seed=base_seed, fmt=format_, expand=expand, skip_invalid=skip_invalid,
                    restart=restart)
@@ -182,13 +225,26 @@ def compare(
     negative: Negative = None, guidance: Guidance = None, size: Size = None,
     preset: Preset = None, model: Model = None, revision: Revision = None, variant: Variant = None,
     dtype: Dtype = None, device: Device = None, out: Out = None,
+    control: Control = None, control_scale: ControlScale = None, control_start: ControlStart = None,
+    control_end: ControlEnd = None, controlnet_model: ControlnetModel = None, canny_low: CannyLow = None,
+    canny_high: CannyHigh = None, ip_adapter: IpAdapter = None, ip_scale: IpScale = None,
+    ip_adapter_model: IpAdapterModel = None, ip_adapter_subfolder: IpAdapterSubfolder = None,
+    ip_adapter_weight: IpAdapterWeight = None, image_encoder: ImageEncoder = None,
+    image_encoder_subfolder: ImageEncoderSubfolder = None,
     quiet: Quiet = False, json_: Json = False, debug: Debug = False,
 ) -> None:
     """Compare schedulers, step counts, CFG scales and seeds on one prompt: a labelled grid, a table and an answer."""
     from .compare import plan_compare, run_compare
 
     flags = _flags(negative=negative, seed=seed, guidance=guidance, size=size, preset=preset, model=model,
-                   revision=revision, variant=variant, dtype=dtype, device=device, out=out)
+                   revision=revision, variant=variant, dtype=dtype, device=device, out=out,
+                   **_conditioning(control, control_scale, control_start, control_end, controlnet_model, canny_low, canny_high,
+                                   ip_adapter, ip_scale, ip_adapter_model, ip_adapter_subfolder, ip_adapter_weight, image_encoder,
+                                   image_encoder_subfolder),
+                   )
+    from .request import check_companions
+
+    check_companions(flags)
     plan = plan_compare(prompt, flags, schedulers=schedulers, steps=steps, cfg=cfg, seeds=seeds,
                         reference=reference, tolerance=tolerance)
     from .progress import NullBatchProgress, RichBatchProgress

@@ -210,7 +210,7 @@ def run_compare(plan: ComparePlan, *, progress=None) -> CompareResult:
 
     from .generate import pipeline_call
     from .metadata import build_record, versions
-    from .models import load_model, resolve_device, resolve_dtype
+    from .models import load_model, pipeline_for, resolve_device, resolve_dtype
     from .progress import NullBatchProgress
     from .schedulers import build_scheduler, resolve_scheduler
     from .writer import BackgroundWriter
@@ -223,8 +223,8 @@ def run_compare(plan: ComparePlan, *, progress=None) -> CompareResult:
     with progress.loading(first.model):
         loaded = load_model(first.model, family=first.family, revision=first.revision, variant=first.variant,
                             dtype=dtype, device=device)
+        pipe = pipeline_for(loaded, first)  # every cell shares the run's ControlNets and IP-Adapter
     result = CompareResult(plan=plan, load_s=time.perf_counter() - started)
-    pipe = loaded.pipe
     t0 = time.perf_counter()
     embeddings = encode_once(pipe, first.family, plan.prompt, first.negative, device)
     result.encode_s = time.perf_counter() - t0
@@ -257,7 +257,7 @@ def run_compare(plan: ComparePlan, *, progress=None) -> CompareResult:
                 model_steps=max(steps_seen or [req.steps]), pixels=np.asarray(image.convert("RGB")),
             )
             result.cells.append(cell_result)
-            writer.submit(_write_cell(plan.out_dir, name, image, record, cell_result))
+            writer.submit(_write_cell(plan.out_dir, name, image, record, cell_result, req))
             progress.image_done(cell, None)
             if len(result.cells) == 1 and len(plan.cells) > 1:
                 progress.note(f"estimated time for all {len(plan.cells)} cells: {_estimate(plan, result.cells[0]):.1f} s")
@@ -272,11 +272,12 @@ def run_compare(plan: ComparePlan, *, progress=None) -> CompareResult:
     return result
 
 
-def _write_cell(out_dir: Path, name: str, image, record: dict, cell_result: CellResult):
+def _write_cell(out_dir: Path, name: str, image, record: dict, cell_result: CellResult, req: ResolvedRequest):
+    from .generate import control_maps
     from .output import write_recorded
 
     def task():
-        written = write_recorded(image, out_dir, name, record)
+        written = write_recorded(image, out_dir, name, record, extras=control_maps(req))
         cell_result.path, cell_result.sidecar = written.png, written.sidecar
 
     return task

@@ -18,6 +18,10 @@ class Family:
     pipeline_multiple: int  # what the diffusers pipeline itself insists on, whatever the configs say
     text_encoders: int
     cfg_help: str
+    # What diffusers supports on the family's txt2img pipelines (checked before any weights load).
+    controlnet: bool = True
+    ip_adapter: bool = True
+    ip_adapter_images: int = 4  # reference images one adapter takes
 
 
 _CLASSIC_CFG = "classifier-free guidance; on when > 1, and the negative prompt acts through it"
@@ -40,6 +44,7 @@ FAMILIES: dict[str, Family] = {
         pipeline_multiple=1,
         text_encoders=3,
         cfg_help=_CLASSIC_CFG,
+        ip_adapter_images=1,  # SD3's pipelines encode one reference image (a second breaks its batch shapes)
     ),
     "flux": Family(
         name="flux",

@@ -74,7 +74,7 @@ def generate(prompt: str | None = None, *, progress: Progress | None = None, sav
 
 def run(req: ResolvedRequest, *, progress: Progress | None = None, save: bool = True) -> GenerationResult:
     """Load (or reuse) the model, generate req.n images in micro-batches, and write each as soon as it exists."""
-    from .models import load_model, resolve_device, resolve_dtype
+    from .models import load_model, pipeline_for, resolve_device, resolve_dtype
     from .schedulers import build_scheduler, resolve_scheduler
 
     progress = progress or NullProgress()
@@ -91,8 +91,8 @@ def run(req: ResolvedRequest, *, progress: Progress | None = None, save: bool = 
         loaded = load_model(
             req.model, family=req.family, revision=req.revision, variant=req.variant, dtype=dtype, device=device
         )
+        pipe = pipeline_for(loaded, req)  # the ControlNet / IP-Adapter weights load here
     load_s = time.perf_counter() - started  # near 0 when the pipeline was already loaded in this process
-    pipe = loaded.pipe
     pipe.scheduler = build_scheduler(choice, loaded.native_scheduler)
     lib_versions = versions()
 
@@ -125,7 +125,7 @@ def run(req: ResolvedRequest, *, progress: Progress | None = None, save: bool = 
             path = sidecar = sha = None
             if save:
                 name = render_name(req.name, name_values(req, choice, first_index + index, seed))
-                written = write_recorded(image, out_dir, name, record, metadata=req.metadata)
+                written = write_recorded(image, out_dir, name, record, metadata=req.metadata, extras=control_maps(req))
                 path, sidecar, sha = written.png, written.sidecar, written.sha256
                 totals["save_s"] += written.save_s
             result = ImageResult(
@@ -175,6 +175,14 @@ def call_kwargs(reqs: list[ResolvedRequest]) -> dict:
         "width": first.width,
         "height": first.height,
     }
+    if first.control:
+        from .controlnet import call_arguments
+
+        kwargs.update(call_arguments(first.family, first.control, first.width, first.height)[0])
+    if first.ip_adapter is not None:
+        from .ip_adapter import call_arguments as ip_arguments
+
+        kwargs.update(ip_arguments(first.ip_adapter))
     if first.family == "flux":
         # Flux's guidance_scale is a distilled embedding (ignored by schnell); real CFG is true_cfg_scale.
         kwargs["true_cfg_scale"] = first.cfg
@@ -191,7 +199,17 @@ def call_kwargs(reqs: list[ResolvedRequest]) -> dict:
 def group_key(req: ResolvedRequest) -> tuple:
     """Images with equal keys can share one pipeline call (and its scheduler, size and step count)."""
     return (req.model, req.revision, req.variant, req.dtype, req.device, req.family, req.width, req.height,
-            req.steps, req.scheduler, req.cfg, req.guidance, bool(req.negative))
+            req.steps, req.scheduler, req.cfg, req.guidance, bool(req.negative), req.control, req.ip_adapter)
+
+
+def control_maps(req: ResolvedRequest) -> list[tuple[str, object]]:
+    """The maps that steered an image, to save beside it: `<name>.control.png`, or `.control-1.png`, ... for several."""
+    from .controlnet import control_map
+
+    maps = [control_map(unit, req.width, req.height) for unit in req.control]
+    if len(maps) == 1:
+        return [("control", maps[0])]
+    return [(f"control-{i}", m) for i, m in enumerate(maps, 1)]
 
 
 def pipeline_call(pipe, reqs: list[ResolvedRequest], seeds: list[int], progress: Progress,
@@ -223,12 +241,15 @@ def pipeline_call(pipe, reqs: list[ResolvedRequest], seeds: list[int], progress:
             kwargs.pop("prompt")
             kwargs.pop("negative_prompt")
             kwargs.update(embeddings)
-        output = pipe(
-            **kwargs,
-            generator=generators,
-            output_type="pil",
-            callback_on_step_end=on_step_end,
-        )
+        from .controlnet import seeded_map_encoding
+
+        with seeded_map_encoding(pipe, reqs[0].family if reqs[0].control else "", seeds):
+            output = pipe(
+                **kwargs,
+                generator=generators,
+                output_type="pil",
+                callback_on_step_end=on_step_end,
+            )
     except torch.OutOfMemoryError as exc:
         from .errors import OutOfMemory
 

@@ -26,6 +26,14 @@ def request_hash(req, seed: int) -> str:
     """A short stable hash of one image's recipe (the request with this image's seed)."""
     values = {key: getattr(req, key) for key in HASHED}
     values["seed"] = seed
+    # ControlNets and IP-Adapter, by content (a changed map is a different image); absent on plain requests, so
+    # their hashes are unchanged from before these existed.
+    if getattr(req, "control", ()):
+        values["control"] = [[u.type, u.image.sha256, u.model, u.revision, u.scale, u.start, u.end, u.preprocess()]
+                             for u in req.control]
+    if getattr(req, "ip_adapter", None) is not None:
+        ip = req.ip_adapter
+        values["ip_adapter"] = [[i.sha256 for i in ip.images], ip.scale, list(ip.weights_key())]
     blob = json.dumps(values, sort_keys=True, ensure_ascii=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

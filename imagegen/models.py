@@ -6,7 +6,7 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -193,6 +193,7 @@ class LoadedModel:
     device: str
     pipeline_class: str
     native_scheduler: dict  # the scheduler config the model shipped with: every swap starts from it
+    derived: dict = field(default_factory=dict)  # the ControlNet pipeline sharing this one's modules, by its nets
 
 
 _LOADED: dict[tuple, LoadedModel] = {}
@@ -204,6 +205,10 @@ def load_model(model: str, *, family: str, revision: str | None, variant: str | 
     if key in _LOADED:
         return _LOADED[key]
     _LOADED.clear()  # one pipeline at a time: a second model would double the memory
+    from . import controlnet, ip_adapter
+
+    controlnet.clear_cache()
+    ip_adapter.clear_cache()
 
     quiet_libraries()
     import diffusers
@@ -243,6 +248,45 @@ def load_model(model: str, *, family: str, revision: str | None, variant: str | 
     )
     _LOADED[key] = loaded
     return loaded
+
+
+def pipeline_for(loaded: LoadedModel, req) -> object:
+    """The pipeline that runs `req`: the loaded one, with the request's IP-Adapter loaded into (or unloaded from) its
+    denoiser, or the family's ControlNet pipeline built from it with `from_pipe`: the same module objects, so the
+    base weights are in memory once whatever mix of plain, ControlNet and IP-Adapter requests a run holds."""
+    from .ip_adapter import ensure_adapter
+
+    base = loaded.pipe
+    changed = ensure_adapter(base, req.ip_adapter, loaded.family, loaded.dtype, loaded.device)
+    if changed:
+        loaded.derived.clear()  # built with the old image encoder
+        _make_invariant(loaded, base)
+    if not req.control:
+        return base
+    key = tuple(unit.net_key() for unit in req.control)
+    if key not in loaded.derived:
+        import warnings
+
+        from diffusers import AutoPipelineForText2Image
+
+        from .controlnet import load_controlnet
+
+        nets = [load_controlnet(m, r, loaded.family, loaded.dtype, loaded.device) for m, r in key]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pipe = AutoPipelineForText2Image.from_pipe(base, controlnet=nets[0] if len(nets) == 1 else nets)
+        pipe.set_progress_bar_config(disable=True)
+        _make_invariant(loaded, pipe)
+        loaded.derived.clear()  # one ControlNet pipeline at a time (the nets themselves stay cached)
+        loaded.derived[key] = pipe
+    return loaded.derived[key]
+
+
+def _make_invariant(loaded: LoadedModel, pipe) -> None:
+    if loaded.device == "cpu":
+        from .batching import make_batch_invariant
+
+        make_batch_invariant(pipe)
 
 
 def quiet_libraries() -> None:

@@ -109,6 +109,7 @@ class Written:
     sidecar: Path | None
     sha256: str  # of the PNG file
     save_s: float
+    extras: tuple[Path, ...] = ()  # <stem>.control.png and the like
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -168,18 +169,29 @@ def write_new(path: Path, data: dict) -> None:
             tmp.unlink()
 
 
-def write_recorded(image, out_dir: Path, name: str, record: dict, *, metadata: str = "full") -> Written:
+def write_recorded(image, out_dir: Path, name: str, record: dict, *, metadata: str = "full",
+                   extras: list[tuple[str, object]] | None = None) -> Written:
     """Write an image with its recipe (A1111 chunk, JSON chunk, sidecar); the record gains the pixel hash if it lacks
-    one. With metadata 'none', only the pixels are written."""
+    one. With metadata 'none', only the pixels are written. `extras` are (label, image) pairs written beside it as
+    `<stem>.<label>.png` (the control maps)."""
     from .metadata import a1111_parameters
 
     record.setdefault("output", {"pixels_sha256": pixels_sha256(image)})
     full = metadata == "full"
     return write_image(image, out_dir, name, parameters=a1111_parameters(record) if full else None,
-                       record=record if full else None)
+                       record=record if full else None, extras=extras)
 
 
-def write_image(image, out_dir: Path, name: str, *, parameters: str | None, record: dict | None) -> Written:
+def _write_extra(path: Path, image) -> None:
+    """A derived image (no metadata): written atomically; one left from an earlier image of this name is replaced."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    tmp = _temp_with(path.parent, buffer.getvalue(), ".png")
+    os.replace(tmp, path)
+
+
+def write_image(image, out_dir: Path, name: str, *, parameters: str | None, record: dict | None,
+                extras: list[tuple[str, object]] | None = None) -> Written:
     """Write `<name>.png` (+ `<name>.json`) atomically; an existing name gets a -1, -2, ... suffix, never replaced."""
     from PIL.PngImagePlugin import PngInfo
 
@@ -212,10 +224,17 @@ def write_image(image, out_dir: Path, name: str, *, parameters: str | None, reco
         finally:
             if tmp.exists():
                 tmp.unlink()
+        written_extras = []
+        for label, extra in extras or ():
+            written_extras.append(folder / f"{png.stem}.{label}.png")
+            _write_extra(written_extras[-1], extra)
         if record is not None:
-            write_new(sidecar, sidecar_data(record, png.name, sha, save_s=time.perf_counter() - start))
+            data = sidecar_data(record, png.name, sha, save_s=time.perf_counter() - start)
+            if written_extras:
+                data["output"]["control_maps"] = [p.name for p in written_extras]
+            write_new(sidecar, data)
         _fsync_dir(folder)
     except OSError as exc:
         raise RunError(f"cannot write to {folder}: {exc.strerror or exc}") from exc
     return Written(png=png, sidecar=sidecar if record is not None else None, sha256=sha,
-                   save_s=time.perf_counter() - start)
+                   save_s=time.perf_counter() - start, extras=tuple(written_extras))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UsageError, closest
@@ -12,7 +12,10 @@ from .paths import builtin_presets_dir, user_presets_dir
 from .request import PARSERS, Request
 
 # Top-level keys of a preset file, and the request fields its [defaults] table may set.
-PRESET_KEYS = {"name", "description", "family", "model", "revision", "variant", "dtype", "schedulers", "defaults"}
+PRESET_KEYS = {"name", "description", "family", "model", "revision", "variant", "dtype", "schedulers", "defaults",
+               "controlnet", "ip_adapter"}
+# [ip_adapter]: where the family's adapter and its image encoder are published, and the default --ip-scale.
+IP_ADAPTER_KEYS = {"model", "subfolder", "weight", "image_encoder", "image_encoder_subfolder", "scale"}
 DEFAULT_KEYS = {"steps", "cfg", "guidance", "size", "scheduler", "negative"}
 REQUIRED_KEYS = {"family", "model", "defaults"}
 REQUIRED_DEFAULTS = {"steps", "cfg", "size", "scheduler"}
@@ -34,6 +37,8 @@ class Preset:
     schedulers: tuple[str, ...]  # the samplers allowed; empty: every sampler the family supports
     defaults: Request
     source: Path
+    controlnets: dict = field(default_factory=dict)  # control type -> ControlNet repo (or repo@revision)
+    ip_adapter: dict | None = None  # the [ip_adapter] table
 
     def request(self) -> Request:
         """The preset as a request layer."""
@@ -99,6 +104,9 @@ def parse_preset(data: dict, source: Path, name: str | None = None) -> Preset:
     if allowed and scheduler.sampler.slug not in allowed:
         raise _fail(where, f"defaults.scheduler: {scheduler.name!r} is not in this preset's schedulers list")
 
+    controlnets = _controlnet_table(data.get("controlnet", {}), where)
+    ip_adapter = _ip_adapter_table(data.get("ip_adapter"), where)
+
     preset_name = text("name", name or source.stem)
     return Preset(
         name=preset_name,
@@ -111,7 +119,51 @@ def parse_preset(data: dict, source: Path, name: str | None = None) -> Preset:
         schedulers=tuple(allowed),
         defaults=defaults,
         source=source,
+        controlnets=controlnets,
+        ip_adapter=ip_adapter,
     )
+
+
+def _controlnet_table(table, where: str) -> dict:
+    """[controlnet]: one default net per control type, e.g. canny = "diffusers/controlnet-canny-sdxl-1.0"."""
+    from .controlnet import CONTROL_TYPES
+
+    if not isinstance(table, dict):
+        raise _fail(where, "controlnet: must be a table ([controlnet]) of control type = repo id")
+    allowed = [t for t, spec in CONTROL_TYPES.items() if not spec.needs_model]
+    for key, value in table.items():
+        if key not in allowed:
+            raise _fail(where, f"controlnet: unknown control type {key!r}{closest(key, allowed)}; valid: {', '.join(allowed)}")
+        if not isinstance(value, str) or not value.strip():
+            raise _fail(where, f"controlnet.{key}: must be a repo id or folder, got {value!r}")
+    return dict(table)
+
+
+def _ip_adapter_table(table, where: str) -> dict | None:
+    """[ip_adapter]: model, subfolder, weight (.safetensors), image_encoder, image_encoder_subfolder, scale."""
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        raise _fail(where, "ip_adapter: must be a table ([ip_adapter])")
+    if unknown := sorted(set(table) - IP_ADAPTER_KEYS):
+        key = unknown[0]
+        raise _fail(where, f"ip_adapter: unknown key {key!r}{closest(key, IP_ADAPTER_KEYS)}; valid keys: "
+                           f"{', '.join(sorted(IP_ADAPTER_KEYS))}")
+    for key in ("model", "image_encoder"):
+        if key not in table:
+            raise _fail(where, f"ip_adapter: missing key {key!r}")
+    for key, value in table.items():
+        if key == "scale":
+            try:
+                PARSERS["ip_scale"](value)
+            except ValueError as exc:
+                raise _fail(where, f"ip_adapter.scale: {exc}") from None
+        elif not isinstance(value, str) or not value.strip():
+            raise _fail(where, f"ip_adapter.{key}: must be a non-empty string, got {value!r}")
+    if "weight" in table and not table["weight"].endswith(".safetensors"):
+        raise _fail(where, f"ip_adapter.weight: {table['weight']!r} is not a .safetensors file (pickle weights can run "
+                           f"arbitrary code when loaded)")
+    return dict(table)
 
 
 def read_preset_file(path: Path) -> Preset:

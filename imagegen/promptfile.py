@@ -18,15 +18,25 @@ FORMATS = ("txt", "jsonl", "csv")
 
 # What one line may set. The run-wide settings (out, device, dtype, batch size, metadata) come from flags only.
 LINE_FIELDS = ("prompt", "negative", "seed", "steps", "cfg", "guidance", "size", "scheduler", "n",
-               "preset", "model", "revision", "variant", "name")
+               "preset", "model", "revision", "variant", "name",
+               "control", "control_scale", "control_start", "control_end", "controlnet_model", "canny_low", "canny_high",
+               "ip_adapter", "ip_scale", "ip_adapter_model", "ip_adapter_subfolder", "ip_adapter_weight",
+               "image_encoder", "image_encoder_subfolder")
+# Fields naming files: relative paths on a line are relative to the prompt file's folder, not the working folder.
+_PATH_FIELDS = ("control", "ip_adapter", "controlnet_model", "ip_adapter_model", "image_encoder")
 
 # JSON values must already have the right type: a quoted "30" for steps is a mistake worth naming.
 _JSON_TYPES = {
     "prompt": (str,), "negative": (str,), "scheduler": (str,), "preset": (str,), "model": (str,), "revision": (str,),
     "variant": (str,), "name": (str,), "seed": (int,), "steps": (int,), "n": (int,), "cfg": (int, float),
     "guidance": (int, float), "size": (str, list),
+    "control": (str, list), "control_scale": (int, float, list), "control_start": (int, float, list),
+    "control_end": (int, float, list), "controlnet_model": (str, list), "canny_low": (int,), "canny_high": (int,),
+    "ip_adapter": (str, list), "ip_scale": (int, float), "ip_adapter_model": (str,), "ip_adapter_subfolder": (str,),
+    "ip_adapter_weight": (str,), "image_encoder": (str,), "image_encoder_subfolder": (str,),
 }
-_TYPE_WORDS = {(str,): "a string", (int,): "an integer", (int, float): "a number", (str, list): '"WxH" or [w, h]'}
+_TYPE_WORDS = {(str,): "a string", (int,): "an integer", (int, float): "a number", (str, list): "a string or a list",
+               (int, float, list): "a number or a list of numbers"}
 _ALTERNATIVES = re.compile(r"\{([^{}]*\|[^{}]*)\}")
 
 
@@ -65,6 +75,7 @@ def read_prompt_file(path: str, *, fmt: str | None = None, expand: bool = False,
         if data is not None:
             try:
                 layer = Request.from_mapping(data, where=f"{source}:{line}", allowed=set(LINE_FIELDS))
+                layer = _rebase(layer, None if path == "-" else Path(path).expanduser().parent)
             except UsageError as exc:
                 errors.append(str(exc))
             else:
@@ -79,6 +90,35 @@ def read_prompt_file(path: str, *, fmt: str | None = None, expand: bool = False,
     if not jobs and not errors:
         errors.append(f"{source}: no prompts (every line is blank or a # comment)")
     return PromptFile(source=source, format=fmt, jobs=tuple(jobs), errors=tuple(errors), reserved=tuple(reserved))
+
+
+def _rebase(layer: Request, folder: Path | None) -> Request:
+    """Make a line's relative file paths relative to the prompt file's folder (stdin: the working folder)."""
+    if folder is None:
+        return layer
+    import os
+
+    def rebased(value: str, image: bool = False) -> str:
+        expanded = os.path.expanduser(value)
+        if os.path.isabs(expanded) or value in ("-", "preset"):
+            return value
+        candidate = folder / expanded
+        if image or value.startswith(".") or candidate.exists():
+            return str(candidate)
+        return value  # org/name: a hub repo id
+
+    changes = {}
+    for key in _PATH_FIELDS:
+        value = getattr(layer, key)
+        if value is None:
+            continue
+        if key == "control":
+            changes[key] = tuple((kind, rebased(p, image=True)) for kind, p in value)
+        elif isinstance(value, tuple):
+            changes[key] = tuple(rebased(v, image=key == "ip_adapter") for v in value)
+        else:
+            changes[key] = rebased(value)
+    return Request(**{**layer.given(), **changes}) if changes else layer
 
 
 def _read_text(path: str, stdin) -> str:
@@ -171,7 +211,8 @@ def _json_type_problem(data: dict, where: str) -> str | None:
         if value is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
             if key == "seed" and value == "random":
                 continue
-            return f"{where}: {key} must be {_TYPE_WORDS[kinds]}, got {json.dumps(value)}"
+            words = '"WxH" or [w, h]' if key == "size" else _TYPE_WORDS[kinds]
+            return f"{where}: {key} must be {words}, got {json.dumps(value)}"
     return None
 
 

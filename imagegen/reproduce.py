@@ -64,6 +64,7 @@ def reproduce(source: str | Path, *, verify: bool = False, overrides: Request | 
     if verify and not original.exists():
         raise UsageError(f"--verify: the original image {original} is missing")
     req = resolve(overrides, replay)
+    _check_inputs(record, req, verify, progress)
     result = run(req, progress=progress)
     verification = None
     if verify:
@@ -74,6 +75,23 @@ def reproduce(source: str | Path, *, verify: bool = False, overrides: Request | 
                 f"{verification.max_pixel_diff}, {verification.differing_pixels} pixels differ"
             )
     return ReproduceResult(generation=result, verification=verification)
+
+
+def _check_inputs(record: dict, req, verify: bool, progress) -> None:
+    """The control and reference images must be the recorded ones (by sha256) for the same pixels to come out."""
+    from .metadata import recorded_inputs
+
+    now = {u.image.path: u.image.sha256 for u in req.control}
+    if req.ip_adapter is not None:
+        now.update({i.path: i.sha256 for i in req.ip_adapter.images})
+    for path, sha in recorded_inputs(record).items():
+        if path in now and now[path] != sha:
+            message = (f"{path} is not the image the original used (sha256 {now[path][:12]}... now, "
+                       f"{sha[:12]}... recorded)")
+            if verify:
+                raise UsageError(f"--verify: {message}; restore it to verify")
+            if progress is not None:
+                progress.note(message)
 
 
 def compare(original: Path, regenerated: Path) -> Verification:

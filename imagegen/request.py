@@ -105,6 +105,42 @@ def parse_metadata(value: Any) -> str:
     return key
 
 
+def _floats(lo: float, hi: float) -> Callable[[Any], tuple[float, ...]]:
+    """One number or several (a list, or '0.7,0.5' / '0.7;0.5'): one per ControlNet."""
+    one = _float(lo, hi)
+
+    def parse(value: Any) -> tuple[float, ...]:
+        parts = value if isinstance(value, (list, tuple)) else [value]
+        out = []
+        for part in parts:
+            if isinstance(part, str):
+                out.extend(one(p) for p in re.split(r"[,;]", part) if p.strip())
+            else:
+                out.append(one(part))
+        if not out:
+            raise ValueError("must be a number or a list of numbers")
+        return tuple(out)
+
+    return parse
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    """One name or several (a list, a repeated flag, or 'a;b' in a CSV cell)."""
+    parts = value if isinstance(value, (list, tuple)) else [value]
+    out = []
+    for part in parts:
+        out.extend(p.strip() for p in _text(part).split(";") if p.strip())
+    if not out:
+        raise ValueError("must not be empty")
+    return tuple(out)
+
+
+def _control(value: Any):
+    from .controlnet import parse_control
+
+    return parse_control(value)
+
+
 # Every request field and its parser. Prompt files, sidecars and presets are checked against this one table.
 PARSERS: dict[str, Callable[[Any], Any]] = {
     "prompt": _text,
@@ -126,6 +162,22 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "out": _name,
     "name": _name,
     "metadata": parse_metadata,
+    # ControlNet: --control TYPE:IMAGE (repeatable) and one value, or one per net, of each setting.
+    "control": _control,
+    "control_scale": _floats(0.0, 10.0),
+    "control_start": _floats(0.0, 1.0),
+    "control_end": _floats(0.0, 1.0),
+    "controlnet_model": _names,
+    "canny_low": _int(0, 1000),
+    "canny_high": _int(1, 1000),
+    # IP-Adapter: reference images, strength, and where the adapter and its image encoder come from.
+    "ip_adapter": _names,
+    "ip_scale": _float(0.0, 5.0),
+    "ip_adapter_model": _name,
+    "ip_adapter_subfolder": _name,
+    "ip_adapter_weight": _name,
+    "image_encoder": _name,
+    "image_encoder_subfolder": _name,
 }
 
 
@@ -152,6 +204,20 @@ class Request:
     out: str | None = None
     name: str | None = None
     metadata: str | None = None
+    control: tuple[tuple[str, str], ...] | None = None
+    control_scale: tuple[float, ...] | None = None
+    control_start: tuple[float, ...] | None = None
+    control_end: tuple[float, ...] | None = None
+    controlnet_model: tuple[str, ...] | None = None
+    canny_low: int | None = None
+    canny_high: int | None = None
+    ip_adapter: tuple[str, ...] | None = None
+    ip_scale: float | None = None
+    ip_adapter_model: str | None = None
+    ip_adapter_subfolder: str | None = None
+    ip_adapter_weight: str | None = None
+    image_encoder: str | None = None
+    image_encoder_subfolder: str | None = None
 
     @classmethod
     def from_mapping(cls, data: dict, *, where: str | None, allowed: set[str] | None = None) -> "Request":
@@ -223,6 +289,8 @@ class ResolvedRequest:
     multiple: int = 8
     gpu_dtype: str = "auto"  # the preset's dtype, used on a GPU when dtype is auto
     notes: tuple[str, ...] = field(default=())  # things the user should be told (true CFG turned on, ...)
+    control: tuple = ()  # ControlUnit per net (imagegen.controlnet)
+    ip_adapter: Any = None  # imagegen.ip_adapter.IPAdapter, or None
 
     @property
     def seeds(self) -> list[int]:
@@ -232,6 +300,19 @@ class ResolvedRequest:
     @property
     def size(self) -> str:
         return f"{self.width}x{self.height}"
+
+
+def check_companions(layer: Request) -> None:
+    """Refuse ControlNet or IP-Adapter settings given without a --control or --ip-adapter for them to act on (a
+    single run; in a batch the flags are every line's defaults, and plain lines ignore them)."""
+    from .controlnet import SETTINGS
+    from .ip_adapter import FIELDS
+
+    for main, settings in (("control", SETTINGS), ("ip_adapter", FIELDS[1:])):
+        given = [f for f in settings if getattr(layer, f) is not None]
+        if given and getattr(layer, main) is None:
+            flag = "--control TYPE:IMAGE" if main == "control" else "--ip-adapter IMAGE"
+            raise UsageError(f"--{given[0].replace('_', '-')} needs {flag}")
 
 
 def resolve(flags: Request, replay: Request | None = None, line: Request | None = None) -> ResolvedRequest:
@@ -300,7 +381,19 @@ def resolve(flags: Request, replay: Request | None = None, line: Request | None 
             f"(VAE scale factor x patch size); nearest: {_round(width, multiple)}x{_round(height, multiple)}"
         )
 
+    from .controlnet import resolve_controls
+    from .ip_adapter import FLUX_TRUE_CFG, resolve_ip_adapter
+
+    control = resolve_controls(merged, preset, family)
+    ip_adapter = resolve_ip_adapter(merged, preset, family)
     notes = []
+    if family == "flux" and ip_adapter is not None and merged["cfg"] <= 1:
+        if "cfg" in top:
+            notes.append(f"flux: the IP-Adapter works through true CFG, which --cfg {merged['cfg']:g} leaves off; "
+                         f"expect a weak effect (try --cfg {FLUX_TRUE_CFG:g})")
+        else:
+            merged["cfg"] = FLUX_TRUE_CFG
+            notes.append(f"flux: the IP-Adapter needs true CFG: --cfg set to {FLUX_TRUE_CFG:g} (pass --cfg to choose)")
     if family == "flux" and merged["cfg"] > 1:
         notes.append(
             f"flux: --cfg {merged['cfg']:g} > 1 turns on true classifier-free guidance (true_cfg_scale) with the "
@@ -342,6 +435,8 @@ def resolve(flags: Request, replay: Request | None = None, line: Request | None 
         multiple=multiple,
         gpu_dtype=preset.dtype,
         notes=tuple(notes),
+        control=control,
+        ip_adapter=ip_adapter,
     )
 
 

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["build_tiny_flux", "build_tiny_sd3", "build_tiny_sdxl", "clip_byte_vocab", "clip_text_config", "with_clip_specials"]
+__all__ = ["build_tiny_controlnet", "build_tiny_flux", "build_tiny_ip_adapter", "build_tiny_sd3", "build_tiny_sdxl", "clip_byte_vocab", "clip_text_config", "with_clip_specials"]
 
 # Size rules for the tiny pipelines (all three VAEs have 4 blocks, so vae_scale_factor = 2 ** 3 = 8, as in
 # the real models; checked on diffusers 0.42.1):
@@ -370,3 +370,178 @@ def _tiny_flux(seed: int, dynamic_shifting: bool) -> Any:
         transformer=transformer,
     )
     return pipe
+
+
+# ---- tiny ControlNets and IP-Adapters (the conditioning models of issue 6), matched to the tiny pipelines above
+
+
+def _wake(module, seed: int) -> None:
+    """ControlNets start with zero convolutions (no effect until trained): give every all-zero weight small noise."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if param.dim() > 1 and not param.any():
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+
+
+def _tiny_controlnet(family: str, seed: int) -> Any:
+    from diffusers import ControlNetModel, FluxControlNetModel, SD3ControlNetModel
+
+    _seed(seed, 10)
+    if family == "sdxl":  # matches _tiny_sdxl's UNet
+        net = ControlNetModel(
+            in_channels=4,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            block_out_channels=(16, 32),
+            layers_per_block=1,
+            norm_num_groups=8,
+            attention_head_dim=(2, 4),
+            transformer_layers_per_block=(1, 2),
+            use_linear_projection=True,
+            cross_attention_dim=96,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=8,
+            projection_class_embeddings_input_dim=80,
+            conditioning_embedding_out_channels=(8, 8, 16, 16),  # 3 stride-2 convs: map pixels -> latent size
+        )
+    elif family == "sd3":  # matches _tiny_sd3's transformer; the map is VAE-encoded by the pipeline
+        net = SD3ControlNetModel(
+            sample_size=8, patch_size=2, in_channels=16, out_channels=16, num_layers=1, attention_head_dim=16,
+            num_attention_heads=2, caption_projection_dim=32, joint_attention_dim=128, pooled_projection_dim=96,
+            pos_embed_max_size=64,
+        )
+    elif family == "flux":  # matches _tiny_flux's transformer
+        net = FluxControlNetModel(
+            patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
+            num_attention_heads=2, joint_attention_dim=64, pooled_projection_dim=32, guidance_embeds=False,
+            axes_dims_rope=(4, 6, 6),
+        )
+    else:
+        raise ValueError(f"unknown family {family!r}")
+    _wake(net, seed)
+    return net.eval()
+
+
+def build_tiny_controlnet(path: str | os.PathLike, family: str, *, seed: int = 0, safetensors: bool = True) -> Path:
+    """Build and save a tiny ControlNet for the tiny ``family`` pipeline (diffusers folder layout); returns the folder."""
+    import warnings
+
+    with _private_rng(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # FluxControlNetModel's FluxPosEmbed deprecation notice
+        net = _tiny_controlnet(family, seed)
+        out = Path(path)
+        net.save_pretrained(out, safe_serialization=safetensors)
+    return out
+
+
+# IP-Adapter image encoders: CLIP vision with projection (SDXL's ViT-bigG, Flux's CLIP-L) or SigLIP (SD3.5).
+_ENCODER_IMAGE_SIZE = 32
+
+
+def _tiny_image_encoder(family: str, seed: int) -> tuple[Any, Any]:
+    from transformers import (CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection,
+                              SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel)
+
+    _seed(seed, 20)
+    common = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  image_size=_ENCODER_IMAGE_SIZE, patch_size=8)
+    if family == "sd3":
+        encoder = SiglipVisionModel(SiglipVisionConfig(**common))
+        processor = SiglipImageProcessor(size={"height": _ENCODER_IMAGE_SIZE, "width": _ENCODER_IMAGE_SIZE})
+    else:
+        encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**common, projection_dim=32))
+        processor = CLIPImageProcessor(size=_ENCODER_IMAGE_SIZE, crop_size=_ENCODER_IMAGE_SIZE)
+    return encoder.eval(), processor
+
+
+def _ip_adapter_state_dict(family: str, seed: int) -> dict[str, Any]:
+    """A tiny adapter's tensors, keyed as the published files key them (what load_ip_adapter reads)."""
+    import torch
+    from diffusers.models.attention_processor import SD3IPAdapterJointAttnProcessor2_0
+    from diffusers.models.embeddings import ImageProjection, IPAdapterTimeImageProjection
+
+    _seed(seed, 30)
+    out: dict[str, Any] = {}
+
+    def linear(out_features: int, in_features: int, bias: bool) -> dict:
+        layer = torch.nn.Linear(in_features, out_features, bias=bias)
+        return {k: v.detach().clone() for k, v in layer.state_dict().items()}
+
+    if family == "sdxl":  # h94 ip-adapter_sdxl layout: image_proj.proj/norm, ip_adapter.<id>.to_{k,v}_ip (ids 1, 3, ...)
+        unet = _tiny_sdxl(seed).unet
+        proj = ImageProjection(cross_attention_dim=96, image_embed_dim=32, num_image_text_embeds=4)
+        for k, v in proj.state_dict().items():
+            out["image_proj." + k.replace("image_embeds", "proj")] = v
+        key_id = 1
+        for name in unet.attn_processors:
+            if name.endswith("attn1.processor"):
+                continue
+            block = name.split(".")[0]
+            if block == "mid_block":
+                hidden = unet.config.block_out_channels[-1]
+            elif block == "up_blocks":
+                hidden = list(reversed(unet.config.block_out_channels))[int(name.split(".")[1])]
+            else:
+                hidden = unet.config.block_out_channels[int(name.split(".")[1])]
+            for kind in ("to_k_ip", "to_v_ip"):
+                out[f"ip_adapter.{key_id}.{kind}.weight"] = linear(hidden, 96, False)["weight"]
+            key_id += 2
+    elif family == "flux":  # XLabs flux-ip-adapter layout: ip_adapter_proj_model.*, double_blocks.<i>.processor.*
+        transformer = _tiny_flux(seed, False).transformer
+        proj = ImageProjection(cross_attention_dim=transformer.config.joint_attention_dim, image_embed_dim=32,
+                               num_image_text_embeds=4)
+        for k, v in proj.state_dict().items():
+            out["ip_adapter_proj_model." + k.replace("image_embeds", "proj")] = v
+        inner = transformer.inner_dim
+        for i in range(transformer.config.num_layers):
+            for kind in ("k", "v"):
+                for k, v in linear(inner, transformer.config.joint_attention_dim, True).items():
+                    out[f"double_blocks.{i}.processor.ip_adapter_double_stream_{kind}_proj.{k}"] = v
+    elif family == "sd3":  # InstantX SD3.5-Large-IP-Adapter layout, with diffusers' own module names
+        transformer = _tiny_sd3(seed).transformer
+        dim = transformer.config.attention_head_dim * transformer.config.num_attention_heads
+        hidden = 64  # the resampler width; the loader infers heads as to_q.out_features // 64
+        proj = IPAdapterTimeImageProjection(embed_dim=32, output_dim=dim, hidden_dim=hidden, heads=1, num_queries=4,
+                                            timestep_in_dim=32)
+        for k, v in proj.state_dict().items():
+            out["image_proj." + k] = v
+        for i, _ in enumerate(transformer.attn_processors):
+            processor = SD3IPAdapterJointAttnProcessor2_0(hidden_size=dim, ip_hidden_states_dim=dim,
+                                                          head_dim=transformer.config.attention_head_dim,
+                                                          timesteps_emb_dim=hidden)
+            for k, v in processor.state_dict().items():
+                out[f"ip_adapter.{i}.{k}"] = v
+    else:
+        raise ValueError(f"unknown family {family!r}")
+    return {k: v.detach().contiguous().clone() for k, v in out.items()}
+
+
+IP_ADAPTER_WEIGHT = "ip-adapter.safetensors"
+
+
+def build_tiny_ip_adapter(path: str | os.PathLike, family: str, *, seed: int = 0) -> Path:
+    """Save a tiny IP-Adapter for the tiny ``family`` pipeline: ``ip-adapter.safetensors`` and ``image_encoder/``.
+
+    Returns the folder. Load it with ``--ip-adapter-model DIR --ip-adapter-weight ip-adapter.safetensors
+    --image-encoder DIR/image_encoder``.
+    """
+    from safetensors.torch import save_file
+    from transformers.utils import logging as hf_logging
+
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    with _private_rng():
+        tensors = _ip_adapter_state_dict(family, seed)
+        encoder, processor = _tiny_image_encoder(family, seed)
+    save_file(tensors, str(out / IP_ADAPTER_WEIGHT))
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        encoder.save_pretrained(out / "image_encoder")
+        processor.save_pretrained(out / "image_encoder")
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    return out

@@ -17,6 +17,14 @@ def test_shipped_presets_are_valid_and_real():
     assert presets["flux-schnell"].model == "black-forest-labs/FLUX.1-schnell"
     assert presets["flux-schnell"].defaults.steps == 4
     assert presets["sd3.5-large"].family == "sd3"
+    assert presets["sdxl"].controlnets == {"canny": "diffusers/controlnet-canny-sdxl-1.0",
+                                           "depth": "diffusers/controlnet-depth-sdxl-1.0"}
+    assert presets["sdxl"].ip_adapter["model"] == "h94/IP-Adapter"
+    assert presets["sdxl"].ip_adapter["weight"].endswith(".safetensors")
+    assert presets["sd3.5-large"].ip_adapter["image_encoder"] == "google/siglip-so400m-patch14-384"
+    assert presets["flux-schnell"].ip_adapter["model"] == "XLabs-AI/flux-ip-adapter"
+    assert presets["flux-schnell"].controlnets["canny"] == "InstantX/FLUX.1-dev-Controlnet-Canny"
+    assert presets["sd3"].controlnets["depth"] == "InstantX/SD3-Controlnet-Depth"
     for p in presets.values():
         assert p.schedulers, f"{p.name} lists its schedulers"
         assert p.defaults.scheduler and p.defaults.steps and p.defaults.size
@@ -67,6 +75,11 @@ def test_preset_from_path(tmp_path):
         ("family = \n", "not valid TOML"),
         ('schedulers = ["DPM++ 2M Karras"]\n' + GOOD, "list samplers without a schedule type"),
         ('schedulers = ["Euler"]\n' + GOOD, "'Euler a' is not in this preset's schedulers list"),
+        (GOOD + '\n[controlnet]\nsobel = "a/b"\n', "controlnet: unknown control type 'sobel'"),
+        (GOOD + '\n[controlnet]\nraw = "a/b"\n', "controlnet: unknown control type 'raw'"),
+        (GOOD + '\n[ip_adapter]\nmodel = "a/b"\nimage_encodr = "c/d"\n', "ip_adapter: unknown key 'image_encodr' (did you mean 'image_encoder'?)"),
+        (GOOD + '\n[ip_adapter]\nmodel = "a/b"\nimage_encoder = "c/d"\nweight = "ip.bin"\n', "ip_adapter.weight: 'ip.bin' is not a .safetensors file"),
+        (GOOD + '\n[ip_adapter]\nmodel = "a/b"\n', "ip_adapter: missing key 'image_encoder'"),
     ],
 )
 def test_bad_preset_names_file_and_key(tmp_path, text, message):
