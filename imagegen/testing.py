@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -178,20 +179,14 @@ def _vae(latent_channels: int, scaling_factor: float, shift_factor: float | None
 
 def _save(pipe: Any, path: str | os.PathLike, safetensors: bool) -> Path:
     import torch
-    from transformers.utils import logging as hf_logging
 
     for component in pipe.components.values():
         if isinstance(component, torch.nn.Module):
             component.eval()
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # transformers' "Writing model shards" bar
-    try:
+    with _quiet_bars():
         pipe.save_pretrained(out, safe_serialization=safetensors)
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
     if not safetensors:
         # transformers 5 always writes model.safetensors (its save_pretrained has no safe_serialization):
         # rewrite the text encoders as pickle pytorch_model.bin so the folder holds no safetensors at all.
@@ -208,6 +203,20 @@ def _save(pipe: Any, path: str | os.PathLike, safetensors: bool) -> Path:
         if leftovers:
             raise RuntimeError(f"safetensors files left in a pickle-only folder: {leftovers}")
     return out
+
+
+@contextmanager
+def _quiet_bars():
+    """No transformers "Writing model shards" bar while saving; the caller's setting is restored."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def _private_rng():
@@ -387,36 +396,20 @@ def _wake(module, seed: int) -> None:
 
 
 def _tiny_controlnet(family: str, seed: int) -> Any:
+    """A net made from the tiny pipeline's own denoiser, as ControlNets are initialised (config and weights copied)."""
     from diffusers import ControlNetModel, FluxControlNetModel, SD3ControlNetModel
 
-    _seed(seed, 10)
-    if family == "sdxl":  # matches _tiny_sdxl's UNet
-        net = ControlNetModel(
-            in_channels=4,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            block_out_channels=(16, 32),
-            layers_per_block=1,
-            norm_num_groups=8,
-            attention_head_dim=(2, 4),
-            transformer_layers_per_block=(1, 2),
-            use_linear_projection=True,
-            cross_attention_dim=96,
-            addition_embed_type="text_time",
-            addition_time_embed_dim=8,
-            projection_class_embeddings_input_dim=80,
-            conditioning_embedding_out_channels=(8, 8, 16, 16),  # 3 stride-2 convs: map pixels -> latent size
-        )
-    elif family == "sd3":  # matches _tiny_sd3's transformer; the map is VAE-encoded by the pipeline
-        net = SD3ControlNetModel(
-            sample_size=8, patch_size=2, in_channels=16, out_channels=16, num_layers=1, attention_head_dim=16,
-            num_attention_heads=2, caption_projection_dim=32, joint_attention_dim=128, pooled_projection_dim=96,
-            pos_embed_max_size=64,
-        )
-    elif family == "flux":  # matches _tiny_flux's transformer
-        net = FluxControlNetModel(
-            patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
-            num_attention_heads=2, joint_attention_dim=64, pooled_projection_dim=32, guidance_embeds=False,
-            axes_dims_rope=(4, 6, 6),
+    if family == "sdxl":
+        # 4 conditioning channels -> 3 stride-2 convolutions: the map's pixels come down to the latent size.
+        net = ControlNetModel.from_unet(_tiny_sdxl(seed).unet, conditioning_embedding_out_channels=(8, 8, 16, 16))
+    elif family == "sd3":  # the map is VAE-encoded by the pipeline
+        net = SD3ControlNetModel.from_transformer(_tiny_sd3(seed).transformer, num_layers=1,
+                                                 num_extra_conditioning_channels=0)
+    elif family == "flux":
+        transformer = _tiny_flux(seed, False).transformer
+        net = FluxControlNetModel.from_transformer(
+            transformer, num_layers=1, num_single_layers=1, attention_head_dim=transformer.config.attention_head_dim,
+            num_attention_heads=transformer.config.num_attention_heads,
         )
     else:
         raise ValueError(f"unknown family {family!r}")
@@ -528,7 +521,6 @@ def build_tiny_ip_adapter(path: str | os.PathLike, family: str, *, seed: int = 0
     --image-encoder DIR/image_encoder``.
     """
     from safetensors.torch import save_file
-    from transformers.utils import logging as hf_logging
 
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
@@ -536,12 +528,7 @@ def build_tiny_ip_adapter(path: str | os.PathLike, family: str, *, seed: int = 0
         tensors = _ip_adapter_state_dict(family, seed)
         encoder, processor = _tiny_image_encoder(family, seed)
     save_file(tensors, str(out / IP_ADAPTER_WEIGHT))
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
+    with _quiet_bars():
         encoder.save_pretrained(out / "image_encoder")
         processor.save_pretrained(out / "image_encoder")
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
     return out
