@@ -69,13 +69,14 @@ def _flags(**values) -> "Request":
     return Request.from_mapping({k: v for k, v in values.items() if v is not None}, where=None)
 
 
-def _conditioning(control=None, control_scale=None, control_start=None, control_end=None, controlnet_model=None,
-                  canny_low=None, canny_high=None, ip_adapter=None, ip_scale=None, ip_adapter_model=None,
-                  ip_adapter_subfolder=None, ip_adapter_weight=None, image_encoder=None,
-                  image_encoder_subfolder=None) -> dict:
-    """The ControlNet and IP-Adapter flags as request fields (an empty repeatable option is not given)."""
-    values = dict(locals())
-    return {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in values.items() if v not in (None, [], ())}
+def _conditioning(values: dict) -> dict:
+    """The ControlNet and IP-Adapter flags among a command's arguments, as request fields (an empty repeatable
+    option is not given)."""
+    from .controlnet import SETTINGS
+    from .ip_adapter import FIELDS
+
+    return {k: (list(values[k]) if isinstance(values[k], (list, tuple)) else values[k])
+            for k in ("control", *SETTINGS, *FIELDS) if values.get(k) not in (None, [], ())}
 
 
 def _progress(quiet: bool):
@@ -112,9 +113,7 @@ def txt2img(
         prompt=prompt, negative=negative, seed=seed, steps=steps, cfg=cfg, guidance=guidance, size=size,
         scheduler=scheduler, n=n, batch_size=batch_size, preset=preset, model=model, revision=revision,
         variant=variant, dtype=dtype, device=device, out=out, name=name, metadata=metadata,
-        **_conditioning(control, control_scale, control_start, control_end, controlnet_model, canny_low, canny_high,
-                        ip_adapter, ip_scale, ip_adapter_model, ip_adapter_subfolder, ip_adapter_weight, image_encoder,
-                        image_encoder_subfolder),
+        **_conditioning(locals()),
     )
     check_companions(flags)
     _emit(run(resolve(flags), progress=_progress(quiet)), json_)
@@ -166,9 +165,7 @@ def batch(
         negative=negative, steps=steps, cfg=cfg, guidance=guidance, size=size, scheduler=scheduler, n=n,
         preset=preset, model=model, revision=revision, variant=variant, dtype=dtype, device=device, out=out,
         name=name, metadata=metadata,
-        **_conditioning(control, control_scale, control_start, control_end, controlnet_model, canny_low, canny_high,
-                        ip_adapter, ip_scale, ip_adapter_model, ip_adapter_subfolder, ip_adapter_weight, image_encoder,
-                        image_encoder_subfolder),
+        **_conditioning(locals()),
     )
     plan = prepare(file, flags, base_seed=base_seed, fmt=format_, expand=expand, skip_invalid=skip_invalid,
                    restart=restart)
@@ -238,9 +235,7 @@ def compare(
 
     flags = _flags(negative=negative, seed=seed, guidance=guidance, size=size, preset=preset, model=model,
                    revision=revision, variant=variant, dtype=dtype, device=device, out=out,
-                   **_conditioning(control, control_scale, control_start, control_end, controlnet_model, canny_low, canny_high,
-                                   ip_adapter, ip_scale, ip_adapter_model, ip_adapter_subfolder, ip_adapter_weight, image_encoder,
-                                   image_encoder_subfolder),
+                   **_conditioning(locals()),
                    )
     from .request import check_companions
 

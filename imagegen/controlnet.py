@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import RunError, UsageError, closest
+from .errors import UsageError, closest
 from .inputs import InputImage, check_image, fit, load_rgb
 
 CANNY_LOW, CANNY_HIGH = 100, 200  # A1111's and diffusers' examples' defaults
