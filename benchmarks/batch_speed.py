@@ -94,7 +94,7 @@ def arm_plain(folder: str, items: list[str], steps: int, cfg: float, size: int, 
 
 def arm_imagegen(folder: str, items: list[str], steps: int, cfg: float, size: int, out: str, batch: str) -> dict:
     from imagegen.batch import prepare, run_batch
-    from imagegen.models import load_model
+    from imagegen.loading import load_model
     from imagegen.request import Request
 
     start = time.perf_counter()
@@ -143,7 +143,7 @@ def main() -> int:
 
     import torch
 
-    from imagegen.models import builtin_models
+    from imagegen.hub import builtin_models
 
     work = Path(tempfile.mkdtemp(prefix="imagegen-bench-"))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; work dir {work}")

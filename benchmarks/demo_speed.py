@@ -41,7 +41,7 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=5)
     args = p.parse_args()
 
-    from imagegen.models import builtin_models
+    from imagegen.hub import builtin_models
     from imagegen.presets import load_preset
 
     preset = load_preset("demo")

@@ -6,8 +6,9 @@ from .errors import ImagegenError, RunError, UsageError, VerifyError
 from .generate import GenerationResult, ImageResult, generate, run
 from .metadata import parse_parameters, read_record
 from .presets import Preset, list_presets, load_preset
-from .request import Request, ResolvedRequest, resolve
+from .request import Request, ResolvedRequest
 from .reproduce import reproduce
+from .resolve import resolve
 from .schedulers import resolve_scheduler, scheduler_table
 
 __all__ = [

@@ -1,4 +1,5 @@
-"""The project's two exception kinds; the CLI's error boundary turns them into one line and an exit code."""
+"""imagegen's own exceptions, each a one-line message for the user with its exit code; the CLI's error boundary
+(imagegen.cli.main) prints them. Anything else is a bug and keeps its traceback."""
 
 from __future__ import annotations
 
@@ -35,6 +36,14 @@ class Interrupted(ImagegenError):
     """Stopped by Ctrl-C after writing what was done; the message says how to resume: exit code 130."""
 
     exit_code = 130
+
+
+class InvalidLines(UsageError):
+    """Some prompt-file lines are invalid: `details` holds one 'file:line: message' each, printed before the summary."""
+
+    def __init__(self, message: str, details: list[str]):
+        super().__init__(message)
+        self.details = details
 
 
 class VerifyError(ImagegenError):

@@ -6,10 +6,12 @@ import json
 import math
 import platform
 import re
-from functools import lru_cache
 from pathlib import Path
 
+from .adapters import ADAPTERS
 from .errors import UsageError
+from .request import FIELDS, Request
+from .schedulers import SCHEDULES
 
 SCHEMA = "imagegen/1"
 PNG_KEY = "imagegen"  # the PNG text chunk holding the JSON record
@@ -57,66 +59,21 @@ def build_record(req, loaded, *, seed: int, scheduler_config: dict, scheduler_cl
         "guidance": req.guidance,
         "width": req.width,
         "height": req.height,
-        "scheduler": {"name": req.scheduler, "class": scheduler_class, "config": _jsonable(scheduler_config)},
+        "scheduler": {"name": req.scheduler.name, "class": scheduler_class, "config": _jsonable(scheduler_config)},
         "model": {
             "id": loaded.model,
             "revision": loaded.revision,
             "variant": loaded.variant,
-            "family": loaded.family,
+            "family": loaded.family.name,
             "pipeline_class": loaded.pipeline_class,
             "preset": req.preset,
         },
         "runtime": {"dtype": loaded.dtype, "device": loaded.device, "rng": "cpu"},
-        **conditioning_record(req),
+        **{name: spec.record for name, spec in req.adapters},  # computed once, when the request was resolved
         "batch": batch,
         "versions": lib_versions,
         "timings": timings,
     }
-
-
-@lru_cache(maxsize=256)
-def resolved_revision(model: str, revision: str | None) -> str | None:
-    """The commit a net or adapter resolves to in the HF cache, looked up once per run, not once per image."""
-    from .models import resolved_revision as lookup
-
-    return lookup(model, revision)
-
-
-def conditioning_record(req) -> dict:
-    """ControlNets and IP-Adapter: ids and revisions, input hashes, preprocessing, scales; empty when neither is used."""
-    out: dict = {}
-    if req.control:
-        from .controlnet import NET_CLASSES, control_map
-        from .output import pixels_sha256
-
-        out["control"] = [
-            {
-                "type": unit.type,
-                "image": unit.image.record(),
-                "preprocess": unit.preprocess(),
-                "map_sha256": pixels_sha256(control_map(unit, req.width, req.height)),
-                "model": {"id": unit.model, "revision": resolved_revision(unit.model, unit.revision),
-                          "class": NET_CLASSES[req.family]},
-                "scale": unit.scale,
-                "start": unit.start,
-                "end": unit.end,
-            }
-            for unit in req.control
-        ]
-    if req.ip_adapter is not None:
-        from .ip_adapter import ENCODER_CLASSES
-
-        ip = req.ip_adapter
-        out["ip_adapter"] = {
-            "images": [image.record() for image in ip.images],
-            "scale": ip.scale,
-            "model": {"id": ip.model, "revision": resolved_revision(ip.model, ip.revision), "subfolder": ip.subfolder,
-                      "weight": ip.weight},
-            "image_encoder": {"id": ip.image_encoder,
-                              "revision": resolved_revision(ip.image_encoder, ip.image_encoder_revision),
-                              "subfolder": ip.image_encoder_subfolder, "class": ENCODER_CLASSES[req.family]},
-        }
-    return out
 
 
 def _a1111_value(value) -> str:
@@ -140,18 +97,9 @@ def a1111_parameters(record: dict) -> str:
         pairs["Model revision"] = record["model"]["revision"][:10]
     if record.get("guidance") is not None:
         pairs["Distilled CFG Scale"] = f"{record['guidance']:g}"
-    for i, unit in enumerate(record.get("control") or ()):
-        # The sd-webui-controlnet extension's spelling, so A1111 tools show the units.
-        thresholds = unit["preprocess"]
-        fields = {"Module": unit["type"], "Model": unit["model"]["id"], "Weight": f"{unit['scale']:g}",
-                  "Resize Mode": "Crop and Resize", "Guidance Start": f"{unit['start']:g}",
-                  "Guidance End": f"{unit['end']:g}"}
-        if "low_threshold" in thresholds:
-            fields.update({"Threshold A": thresholds["low_threshold"], "Threshold B": thresholds["high_threshold"]})
-        pairs[f"ControlNet {i}"] = ", ".join(f"{k}: {v}" for k, v in fields.items())
-    if ip := record.get("ip_adapter"):
-        pairs["IP-Adapter"] = f"{ip['model']['id']}/{ip['model'].get('subfolder') or ''}/{ip['model']['weight']}".replace("//", "/")
-        pairs["IP-Adapter scale"] = f"{ip['scale']:g}"
+    for adapter in ADAPTERS:
+        if record.get(adapter.name):
+            pairs.update(adapter.a1111(record[adapter.name]))
     pairs["RNG"] = "CPU"
     pairs["Version"] = f"imagegen {record['versions'].get('imagegen') or ''}".strip()
     lines = [record["prompt"]]
@@ -163,8 +111,6 @@ def a1111_parameters(record: dict) -> str:
 
 def _split_scheduler(name: str) -> tuple[str, str, str | None]:
     """'DPM++ 2M Karras' -> ('DPM++ 2M', ' ', 'Karras'), using the registry's schedule names."""
-    from .schedulers import SCHEDULES
-
     for schedule in SCHEDULES.values():
         if name.endswith(" " + schedule.a1111):
             return name[: -len(schedule.a1111) - 1], " ", schedule.a1111
@@ -265,73 +211,21 @@ def check_record(record, where: str) -> None:
             raise UsageError(f"{where}: metadata lacks {outer}.{inner}")
 
 
-def _pinned(model: dict) -> str:
-    """A recorded net or adapter as `id@revision` when its revision is known, so a replay loads the same weights."""
-    return f"{model['id']}@{model['revision']}" if model.get("revision") else model["id"]
-
-
-def _conditioning_fields(record: dict, where: str) -> dict:
-    """The recorded ControlNets and IP-Adapter as request fields."""
-    fields: dict = {}
-    try:
-        units = record.get("control") or []
-        if units:
-            fields["control"] = [f"{u['type']}:{u['image']['path']}" for u in units]
-            fields["control_scale"] = [u["scale"] for u in units]
-            fields["control_start"] = [u["start"] for u in units]
-            fields["control_end"] = [u["end"] for u in units]
-            fields["controlnet_model"] = [_pinned(u["model"]) for u in units]
-            canny = next((u["preprocess"] for u in units if u["type"] == "canny"), None)
-            if canny:
-                fields["canny_low"], fields["canny_high"] = canny["low_threshold"], canny["high_threshold"]
-        ip = record.get("ip_adapter")
-        if ip:
-            fields.update({
-                "ip_adapter": [image["path"] for image in ip["images"]],
-                "ip_scale": ip["scale"],
-                "ip_adapter_model": _pinned(ip["model"]),
-                "ip_adapter_subfolder": ip["model"].get("subfolder"),
-                "ip_adapter_weight": ip["model"]["weight"],
-                "image_encoder": _pinned(ip["image_encoder"]),
-                "image_encoder_subfolder": ip["image_encoder"].get("subfolder"),
-            })
-    except (KeyError, TypeError) as exc:
-        raise UsageError(f"{where}: metadata 'control' / 'ip_adapter' is malformed ({exc!r} missing)") from None
-    return fields
-
-
 def recorded_inputs(record: dict) -> dict[str, str]:
     """Every input image the record names -> its recorded sha256."""
-    out = {u["image"]["path"]: u["image"]["sha256"] for u in record.get("control") or ()}
-    for image in (record.get("ip_adapter") or {}).get("images", ()):
-        out[image["path"]] = image["sha256"]
+    out: dict[str, str] = {}
+    for adapter in ADAPTERS:
+        if record.get(adapter.name):
+            out.update(adapter.inputs(record[adapter.name]))
     return out
 
 
 def record_to_request(record: dict, where: str):
     """The replay layer: the recorded recipe of one image as a Request (validated like any other input)."""
-    from .request import Request
-
-    model = record["model"]
-    return Request.from_mapping(
-        {
-            **_conditioning_fields(record, where),
-            "prompt": record["prompt"],
-            "negative": record["negative"],
-            "seed": record["seed"],
-            "steps": record["steps"],
-            "cfg": record["cfg"],
-            "guidance": record.get("guidance"),
-            "size": (record["width"], record["height"]),
-            "scheduler": record["scheduler"]["name"],
-            "preset": model.get("preset"),
-            "model": model["id"],
-            "revision": model.get("revision"),
-            "variant": model.get("variant"),
-            "dtype": record["runtime"]["dtype"],
-            "device": record["runtime"]["device"],
-            "n": 1,
-            "batch_size": 1,
-        },
-        where=where,
-    )
+    values = {name: f.read(record) for name, f in FIELDS.items() if f.replay is not None}
+    for adapter in ADAPTERS:
+        try:
+            values.update(adapter.replay(record.get(adapter.name)))
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise UsageError(f"{where}: metadata {adapter.name!r} is malformed ({exc!r} missing)") from None
+    return Request.from_mapping(values, where=where)

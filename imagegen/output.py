@@ -169,19 +169,6 @@ def write_new(path: Path, data: dict) -> None:
             tmp.unlink()
 
 
-def write_recorded(image, out_dir: Path, name: str, record: dict, *, metadata: str = "full",
-                   extras: list[tuple[str, object]] | None = None) -> Written:
-    """Write an image with its recipe (A1111 chunk, JSON chunk, sidecar); the record gains the pixel hash if it lacks
-    one. With metadata 'none', only the pixels are written. `extras` are (label, image) pairs written beside it as
-    `<stem>.<label>.png` (the control maps)."""
-    from .metadata import a1111_parameters
-
-    record.setdefault("output", {"pixels_sha256": pixels_sha256(image)})
-    full = metadata == "full"
-    return write_image(image, out_dir, name, parameters=a1111_parameters(record) if full else None,
-                       record=record if full else None, extras=extras)
-
-
 def _write_extra(path: Path, image) -> None:
     """A derived image (no metadata): written atomically; one left from an earlier image of this name is replaced."""
     buffer = io.BytesIO()

@@ -5,22 +5,21 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from .adapters import ADAPTERS
 from .errors import UsageError, closest
 from .families import FAMILIES
 from .paths import builtin_presets_dir, user_presets_dir
-from .request import PARSERS, Request
+from .request import PARSERS, PRESET_FIELDS, Request
+from .schedulers import SAMPLERS, resolve_scheduler
 
-# Top-level keys of a preset file, and the request fields its [defaults] table may set.
+# Top-level keys of a preset file: its own, then one table per adapter ([controlnet], [ip_adapter]).
+TABLES = {a.preset_table: a for a in ADAPTERS if a.preset_table}
 PRESET_KEYS = {"name", "description", "family", "model", "revision", "variant", "dtype", "schedulers", "defaults",
-               "controlnet", "ip_adapter"}
-# [ip_adapter]: where the family's adapter and its image encoder are published, and the default --ip-scale.
-IP_ADAPTER_KEYS = {"model", "subfolder", "weight", "image_encoder", "image_encoder_subfolder", "scale"}
-DEFAULT_KEYS = {"steps", "cfg", "guidance", "size", "scheduler", "negative"}
+               *TABLES}
 REQUIRED_KEYS = {"family", "model", "defaults"}
 REQUIRED_DEFAULTS = {"steps", "cfg", "size", "scheduler"}
-# The preset a `--model DIR` of each family takes its defaults from when no --preset is given.
-FAMILY_PRESETS = {"sdxl": "sdxl", "sd3": "sd3", "flux": "flux-schnell"}
 
 
 @dataclass(frozen=True)
@@ -28,7 +27,7 @@ class Preset:
     """A named model and the defaults that suit it."""
 
     name: str
-    family: str
+    family: Any  # imagegen.families.Family
     model: str
     description: str
     revision: str | None
@@ -37,8 +36,7 @@ class Preset:
     schedulers: tuple[str, ...]  # the samplers allowed; empty: every sampler the family supports
     defaults: Request
     source: Path
-    controlnets: dict = field(default_factory=dict)  # control type -> ControlNet repo (or repo@revision)
-    ip_adapter: dict | None = None  # the [ip_adapter] table
+    tables: dict = field(default_factory=dict)  # adapter table name -> its validated table
 
     def request(self) -> Request:
         """The preset as a request layer."""
@@ -47,8 +45,6 @@ class Preset:
     def check_scheduler(self, choice) -> None:
         """Refuse a sampler the preset does not allow, listing those it does."""
         if self.schedulers and choice.sampler.slug not in self.schedulers:
-            from .schedulers import SAMPLERS
-
             allowed = ", ".join(SAMPLERS[s].a1111 for s in self.schedulers)
             raise UsageError(f"--scheduler: preset {self.name!r} allows {allowed}; got {choice.name!r}")
 
@@ -59,8 +55,6 @@ def _fail(where: str, message: str) -> UsageError:
 
 def parse_preset(data: dict, source: Path, name: str | None = None) -> Preset:
     """Validate a preset's TOML table; every error names the file and the key."""
-    from .schedulers import resolve_scheduler
-
     where = str(source)
     if unknown := sorted(set(data) - PRESET_KEYS):
         key = unknown[0]
@@ -77,39 +71,18 @@ def parse_preset(data: dict, source: Path, name: str | None = None) -> Preset:
     family = text("family")
     if family not in FAMILIES:
         raise _fail(where, f"family: unknown family {family!r}{closest(family, FAMILIES)}; valid: {', '.join(FAMILIES)}")
-    dtype = data.get("dtype", "auto")
+    family = FAMILIES[family]
     try:
-        dtype = PARSERS["dtype"](dtype)
+        dtype = PARSERS["dtype"](data.get("dtype", "auto"))
     except ValueError as exc:
         raise _fail(where, f"dtype: {exc}") from None
-
-    defaults_table = data["defaults"]
-    if not isinstance(defaults_table, dict):
-        raise _fail(where, "defaults: must be a table ([defaults])")
-    defaults = Request.from_mapping(defaults_table, where=f"{where}: defaults", allowed=DEFAULT_KEYS)
-    if missing := sorted(REQUIRED_DEFAULTS - set(defaults.given())):
-        raise _fail(where, f"defaults: missing key {missing[0]!r}")
-    scheduler = resolve_scheduler(defaults.scheduler, family, where=f"{where}: defaults.scheduler")
-    defaults = Request(**{**defaults.given(), "scheduler": scheduler.name})
-
-    raw_schedulers = data.get("schedulers", [])
-    if not isinstance(raw_schedulers, list) or not all(isinstance(s, str) for s in raw_schedulers):
-        raise _fail(where, f"schedulers: must be a list of scheduler names, got {raw_schedulers!r}")
-    allowed = []
-    for entry in raw_schedulers:
-        choice = resolve_scheduler(entry, family, where=f"{where}: schedulers")
-        if choice.schedule is not None:
-            raise _fail(where, f"schedulers: list samplers without a schedule type ({choice.sampler.a1111!r}, not {entry!r})")
-        allowed.append(choice.sampler.slug)
+    defaults, scheduler = _defaults(data["defaults"], family, where)
+    allowed = _schedulers(data.get("schedulers", []), family, where)
     if allowed and scheduler.sampler.slug not in allowed:
         raise _fail(where, f"defaults.scheduler: {scheduler.name!r} is not in this preset's schedulers list")
-
-    controlnets = _controlnet_table(data.get("controlnet", {}), where)
-    ip_adapter = _ip_adapter_table(data.get("ip_adapter"), where)
-
-    preset_name = text("name", name or source.stem)
+    tables = {key: adapter.check_preset_table(data[key], where) for key, adapter in TABLES.items() if key in data}
     return Preset(
-        name=preset_name,
+        name=text("name", name or source.stem),
         family=family,
         model=text("model"),
         description=text("description") or "",
@@ -119,51 +92,32 @@ def parse_preset(data: dict, source: Path, name: str | None = None) -> Preset:
         schedulers=tuple(allowed),
         defaults=defaults,
         source=source,
-        controlnets=controlnets,
-        ip_adapter=ip_adapter,
+        tables=tables,
     )
 
 
-def _controlnet_table(table, where: str) -> dict:
-    """[controlnet]: one default net per control type, e.g. canny = "diffusers/controlnet-canny-sdxl-1.0"."""
-    from .controlnet import CONTROL_TYPES
-
+def _defaults(table, family, where: str):
+    """[defaults]: the request fields a preset may set, the four required ones included; the scheduler canonical."""
     if not isinstance(table, dict):
-        raise _fail(where, "controlnet: must be a table ([controlnet]) of control type = repo id")
-    allowed = [t for t, spec in CONTROL_TYPES.items() if not spec.needs_model]
-    for key, value in table.items():
-        if key not in allowed:
-            raise _fail(where, f"controlnet: unknown control type {key!r}{closest(key, allowed)}; valid: {', '.join(allowed)}")
-        if not isinstance(value, str) or not value.strip():
-            raise _fail(where, f"controlnet.{key}: must be a repo id or folder, got {value!r}")
-    return dict(table)
+        raise _fail(where, "defaults: must be a table ([defaults])")
+    defaults = Request.from_mapping(table, where=f"{where}: defaults", allowed=set(PRESET_FIELDS))
+    if missing := sorted(REQUIRED_DEFAULTS - set(defaults.given())):
+        raise _fail(where, f"defaults: missing key {missing[0]!r}")
+    scheduler = resolve_scheduler(defaults.scheduler, family, where=f"{where}: defaults.scheduler")
+    return Request(**{**defaults.given(), "scheduler": scheduler.name}), scheduler
 
 
-def _ip_adapter_table(table, where: str) -> dict | None:
-    """[ip_adapter]: model, subfolder, weight (.safetensors), image_encoder, image_encoder_subfolder, scale."""
-    if table is None:
-        return None
-    if not isinstance(table, dict):
-        raise _fail(where, "ip_adapter: must be a table ([ip_adapter])")
-    if unknown := sorted(set(table) - IP_ADAPTER_KEYS):
-        key = unknown[0]
-        raise _fail(where, f"ip_adapter: unknown key {key!r}{closest(key, IP_ADAPTER_KEYS)}; valid keys: "
-                           f"{', '.join(sorted(IP_ADAPTER_KEYS))}")
-    for key in ("model", "image_encoder"):
-        if key not in table:
-            raise _fail(where, f"ip_adapter: missing key {key!r}")
-    for key, value in table.items():
-        if key == "scale":
-            try:
-                PARSERS["ip_scale"](value)
-            except ValueError as exc:
-                raise _fail(where, f"ip_adapter.scale: {exc}") from None
-        elif not isinstance(value, str) or not value.strip():
-            raise _fail(where, f"ip_adapter.{key}: must be a non-empty string, got {value!r}")
-    if "weight" in table and not table["weight"].endswith(".safetensors"):
-        raise _fail(where, f"ip_adapter.weight: {table['weight']!r} is not a .safetensors file (pickle weights can run "
-                           f"arbitrary code when loaded)")
-    return dict(table)
+def _schedulers(raw, family, where: str) -> list[str]:
+    """schedulers = [...]: the samplers the preset allows, by slug."""
+    if not isinstance(raw, list) or not all(isinstance(s, str) for s in raw):
+        raise _fail(where, f"schedulers: must be a list of scheduler names, got {raw!r}")
+    allowed = []
+    for entry in raw:
+        choice = resolve_scheduler(entry, family, where=f"{where}: schedulers")
+        if choice.schedule is not None:
+            raise _fail(where, f"schedulers: list samplers without a schedule type ({choice.sampler.a1111!r}, not {entry!r})")
+        allowed.append(choice.sampler.slug)
+    return allowed
 
 
 def read_preset_file(path: Path) -> Preset:
@@ -208,11 +162,3 @@ def load_preset(name_or_path: str) -> Preset:
             f"available: {', '.join(sorted(files)) or 'none'} (add your own in {user_presets_dir()})"
         )
     return read_preset_file(files[name_or_path])
-
-
-def preset_for_family(family: str, *, where: str) -> Preset:
-    """The preset whose defaults a bare `--model` of this family uses."""
-    try:
-        return load_preset(FAMILY_PRESETS[family])
-    except UsageError as exc:
-        raise UsageError(f"{where}: no default preset for family {family!r} ({exc})") from None

@@ -7,9 +7,12 @@ from pathlib import Path
 
 from .errors import UsageError, VerifyError
 from .generate import GenerationResult, run
-from .metadata import read_record, record_to_request
+from .families import FAMILIES
+from .metadata import read_record, record_to_request, recorded_inputs
+from .presets import preset_files
 from .progress import Progress
-from .request import Request, resolve
+from .request import Request
+from .resolve import resolve
 
 
 @dataclass(frozen=True)
@@ -43,12 +46,10 @@ class ReproduceResult:
 
 def replay_layer(record: dict, where: str) -> Request:
     """The recorded recipe as the 'replayed metadata' layer; a preset no longer on this machine falls back to its family's."""
-    from .presets import FAMILY_PRESETS, preset_files
-
     layer = record_to_request(record, where)
     if layer.preset and layer.preset not in preset_files():
-        family = record["model"].get("family")
-        layer = Request(**{**layer.given(), "preset": FAMILY_PRESETS.get(family, layer.preset)})
+        family = FAMILIES.get(record["model"].get("family"))
+        layer = Request(**{**layer.given(), "preset": family.default_preset if family else layer.preset})
     return layer
 
 
@@ -79,11 +80,7 @@ def reproduce(source: str | Path, *, verify: bool = False, overrides: Request | 
 
 def _check_inputs(record: dict, req, verify: bool, progress) -> None:
     """The control and reference images must be the recorded ones (by sha256) for the same pixels to come out."""
-    from .metadata import recorded_inputs
-
-    now = {u.image.path: u.image.sha256 for u in req.control}
-    if req.ip_adapter is not None:
-        now.update({i.path: i.sha256 for i in req.ip_adapter.images})
+    now = recorded_inputs({name: spec.record for name, spec in req.adapters})
     for path, sha in recorded_inputs(record).items():
         if path in now and now[path] != sha:
             message = (f"{path} is not the image the original used (sha256 {now[path][:12]}... now, "

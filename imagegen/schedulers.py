@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 
 from .errors import UsageError, closest
-from .families import FAMILIES, get_family
+from .families import FAMILIES, Family, get_family
 
 # A sampler is the update rule (Euler, DPM++ 2M, ...); a schedule type is how its noise levels are spaced
 # (Karras, exponential, ...). A1111 writes them together ("DPM++ 2M Karras"), ComfyUI apart ("dpmpp_2m" + "karras").
@@ -34,7 +33,6 @@ class Impl:
     cls: str
     kwargs: dict = field(default_factory=dict)
     schedules: tuple[str, ...] = ()
-    families: tuple[str, ...] = ()  # empty: every family of this kind
     needs: str | None = None
     stochastic: bool = False  # adds fresh noise each step, so it does not converge as steps grow
 
@@ -87,8 +85,7 @@ SAMPLERS: dict[str, Sampler] = {
         Sampler(
             "heun", "Heun", "heun",
             eps=Impl("HeunDiscreteScheduler", schedules=_EPS_SCHEDULES),
-            # Flux passes custom sigmas, which FlowMatchHeun does not accept.
-            flow=Impl("FlowMatchHeunDiscreteScheduler", families=("sd3",)), steps=15,
+            flow=Impl("FlowMatchHeunDiscreteScheduler"), steps=15,
         ),
         Sampler("dpm2", "DPM2", "dpm_2", eps=Impl("KDPM2DiscreteScheduler", schedules=_EPS_SCHEDULES), steps=15),
         Sampler(
@@ -139,8 +136,19 @@ SAMPLERS: dict[str, Sampler] = {
 _FLOW_SOLVER_CLASSES = {"DPMSolverMultistepScheduler", "UniPCMultistepScheduler"}
 
 
-def _kind(family: str) -> str:
-    return "flow" if get_family(family).flow else "eps"
+def _family(family: Family | str) -> Family:
+    return family if isinstance(family, Family) else get_family(family)
+
+
+def _kind(family: Family) -> str:
+    return "flow" if family.flow else "eps"
+
+
+def _impl(sampler: "Sampler", family: Family) -> "Impl | None":
+    """The sampler's implementation for this family, or None where it has none (or the family refuses it)."""
+    if sampler.slug in family.unsupported_samplers:
+        return None
+    return sampler.impl(_kind(family))
 
 
 def _norm(text: str) -> str:
@@ -155,7 +163,7 @@ class SchedulerChoice:
 
     sampler: Sampler
     schedule: Schedule | None
-    family: str
+    family: Family
     cls: str
     kwargs: dict
 
@@ -163,6 +171,11 @@ class SchedulerChoice:
     def name(self) -> str:
         """The canonical A1111-style name, e.g. 'DPM++ 2M Karras'."""
         return self.sampler.a1111 + (f" {self.schedule.a1111}" if self.schedule else "")
+
+    @property
+    def slug(self) -> str:
+        """The file-name-safe name, e.g. 'dpmpp_2m_karras'."""
+        return self.sampler.slug + (f"_{self.schedule.key}" if self.schedule else "")
 
 
 def _build_index() -> dict[str, tuple[str, str | None, str | None]]:
@@ -202,61 +215,57 @@ def _build_index() -> dict[str, tuple[str, str | None, str | None]]:
 _INDEX = _build_index()
 
 
-def scheduler_names(family: str) -> list[str]:
+def scheduler_names(family: Family | str) -> list[str]:
     """The canonical names of every sampler + schedule combination that works with `family`."""
-    kind = _kind(family)
+    family = _family(family)
     names = []
     for sampler in SAMPLERS.values():
-        impl = sampler.impl(kind)
-        if impl is None or (impl.families and family not in impl.families):
+        impl = _impl(sampler, family)
+        if impl is None:
             continue
         names.append(sampler.a1111)
         names.extend(f"{sampler.a1111} {SCHEDULES[s].a1111}" for s in impl.schedules)
     return names
 
 
-def _works(family: str) -> str:
+def _works(family: Family) -> str:
     """What works with `family`, short enough for a one-line error: samplers, then the schedule types they take."""
-    kind = _kind(family)
-    samplers = [
-        s.a1111 for s in SAMPLERS.values()
-        if (impl := s.impl(kind)) and not (impl.families and family not in impl.families)
-    ]
+    samplers = [s.a1111 for s in SAMPLERS.values() if _impl(s, family)]
     schedules = [
         sch.a1111 for key, sch in SCHEDULES.items()
-        if any((impl := s.impl(kind)) and key in impl.schedules for s in SAMPLERS.values())
+        if any((impl := _impl(s, family)) and key in impl.schedules for s in SAMPLERS.values())
     ]
     tail = f"; schedule types: {', '.join(schedules)} (`imagegen schedulers` shows which sampler takes which)"
     return ", ".join(samplers) + (tail if schedules else "")
 
 
-def resolve_scheduler(name: str, family: str, *, where: str = "--scheduler") -> SchedulerChoice:
+def resolve_scheduler(name: str, family: Family | str, *, where: str = "--scheduler") -> SchedulerChoice:
     """Resolve any spelling of a scheduler for `family`, or raise a UsageError listing what works with it."""
-    get_family(family)
+    family = _family(family)
     entry = _INDEX.get(_norm(name))
     works = _works(family)
     if entry is None:
         raise UsageError(
-            f"{where}: unknown scheduler {name!r}{closest(name, scheduler_names(family))}; for {family}: {works}"
+            f"{where}: unknown scheduler {name!r}{closest(name, scheduler_names(family))}; for {family.name}: {works}"
         )
     slug, schedule_key, pinned = entry
     sampler = SAMPLERS[slug]
     kind = _kind(family)
-    impl = sampler.impl(kind)
-    if pinned and (impl is None or impl.cls != pinned):
+    impl = _impl(sampler, family)
+    if pinned and (impl is None or impl.cls != pinned) and sampler.slug not in family.unsupported_samplers:
         why = (
             "an epsilon/v-prediction scheduler: on a flow-matching model it runs but draws wrong images"
             if kind == "flow"
             else "a flow-matching scheduler: it cannot drive an epsilon/v-prediction model"
         )
-        raise UsageError(f"{where}: {pinned} is {why}; for {family}: {works}")
-    if impl is None or (impl.families and family not in impl.families):
-        raise UsageError(f"{where}: {sampler.a1111} does not work with {family} models; for {family}: {works}")
+        raise UsageError(f"{where}: {pinned} is {why}; for {family.name}: {works}")
+    if impl is None:
+        raise UsageError(f"{where}: {sampler.a1111} does not work with {family.name} models; for {family.name}: {works}")
     schedule = SCHEDULES[schedule_key] if schedule_key else None
     if schedule and schedule.key not in impl.schedules:
         takes = ", ".join(SCHEDULES[k].a1111 for k in impl.schedules)
         raise UsageError(
-            f"{where}: {sampler.a1111} has no {schedule.a1111} schedule type on {family}; "
+            f"{where}: {sampler.a1111} has no {schedule.a1111} schedule type on {family.name}; "
             + (f"it takes: {takes} (or none, for its default spacing)" if takes else "it takes no schedule type there")
         )
     for needs in {impl.needs, schedule.needs if schedule else None} - {None}:
@@ -272,25 +281,14 @@ def _require(module: str, what: str) -> None:
         raise UsageError(f"{what} needs the {module} package: pip install {module}")
 
 
-def flow_kwargs(cls: str, family: str, native_config: dict) -> dict:
+def flow_kwargs(cls: str, family: Family | str, native_config: dict) -> dict:
     """The flags that make a multistep solver integrate a flow-matching model exactly like its native scheduler."""
-    if cls not in _FLOW_SOLVER_CLASSES or not get_family(family).flow:
+    family = _family(family)
+    if cls not in _FLOW_SOLVER_CLASSES or not family.flow:
         return {}
     shift = float(native_config.get("shift", 1.0))
     kwargs = {"use_flow_sigmas": True, "prediction_type": "flow_prediction", "flow_shift": shift}
-    if family == "flux":
-        # FluxPipeline always passes `mu` to set_timesteps, and these solvers accept it only with dynamic shifting.
-        # A checkpoint without dynamic shifting (schnell: fixed shift 1.0) gets base_shift == max_shift == ln(shift),
-        # so mu = ln(shift) at every size and the solver's flow_shift = exp(mu) = shift, as its native scheduler.
-        kwargs["use_dynamic_shifting"] = True
-        kwargs["time_shift_type"] = "exponential"
-        if not native_config.get("use_dynamic_shifting", False):
-            kwargs["base_shift"] = kwargs["max_shift"] = math.log(shift)
-        else:
-            for key in ("base_shift", "max_shift", "base_image_seq_len", "max_image_seq_len"):
-                if key in native_config:
-                    kwargs[key] = native_config[key]
-    return kwargs
+    return {**kwargs, **family.flow_solver_kwargs(native_config, shift)}
 
 
 def build_scheduler(choice: SchedulerChoice, native_config: dict):
@@ -304,46 +302,44 @@ def build_scheduler(choice: SchedulerChoice, native_config: dict):
     return cls.from_config(config)
 
 
-def scheduler_table(family: str | None = None) -> list[dict]:
+def scheduler_table(family: Family | str | None = None) -> list[dict]:
     """Rows for `imagegen schedulers`: every name, its spellings, class, kwargs and the families it works with."""
+    families = [_family(family)] if family else list(FAMILIES.values())
     rows = []
-    families = [family] if family else list(FAMILIES)
     for sampler in SAMPLERS.values():
         for schedule_key in (None, *SCHEDULES):
-            works = []
-            cls_by_kind = {}
-            stochastic = False
-            for fam in families:
-                impl = sampler.impl(_kind(fam))
-                if impl is None or (impl.families and fam not in impl.families):
-                    continue
-                if schedule_key and schedule_key not in impl.schedules:
-                    continue
-                works.append(fam)
-                stochastic = stochastic or impl.stochastic
-                kwargs = {**impl.kwargs, **(SCHEDULES[schedule_key].kwargs if schedule_key else {})}
-                if impl.cls in _FLOW_SOLVER_CLASSES and get_family(fam).flow:
-                    kwargs["flow"] = "use_flow_sigmas, flow_prediction, flow_shift=<model shift>" + (
-                        ", dynamic shifting" if fam == "flux" else ""
-                    )
-                cls_by_kind[impl.cls] = kwargs
-            if not works:
-                continue
-            schedule = SCHEDULES[schedule_key] if schedule_key else None
-            comfy = sampler.comfy + (f" + {schedule.comfy}" if schedule else "") if sampler.comfy else "-"
-            rows.append(
-                {
-                    "name": sampler.a1111 + (f" {schedule.a1111}" if schedule else ""),
-                    "sampler": sampler.slug,
-                    "comfyui": comfy,
-                    "slug": sampler.slug + (f"_{schedule.key}" if schedule else ""),
-                    "diffusers": "; ".join(
-                        cls + "".join(f" +{v}" if k == "flow" else f" {k}={v!r}" for k, v in kw.items())
-                        for cls, kw in cls_by_kind.items()
-                    ),
-                    "families": works,
-                    "stochastic": stochastic,
-                    "steps": sampler.steps,
-                }
-            )
+            row = _table_row(sampler, schedule_key, families)
+            if row is not None:
+                rows.append(row)
     return rows
+
+
+def _table_row(sampler: Sampler, schedule_key: str | None, families: list[Family]) -> dict | None:
+    works, cls_by_kind, stochastic = [], {}, False
+    for fam in families:
+        impl = _impl(sampler, fam)
+        if impl is None or (schedule_key and schedule_key not in impl.schedules):
+            continue
+        works.append(fam.name)
+        stochastic = stochastic or impl.stochastic
+        kwargs = {**impl.kwargs, **(SCHEDULES[schedule_key].kwargs if schedule_key else {})}
+        if impl.cls in _FLOW_SOLVER_CLASSES and fam.flow:
+            kwargs["flow"] = "use_flow_sigmas, flow_prediction, flow_shift=<model shift>" + fam.flow_note
+        cls_by_kind[impl.cls] = kwargs
+    if not works:
+        return None
+    schedule = SCHEDULES[schedule_key] if schedule_key else None
+    comfy = sampler.comfy + (f" + {schedule.comfy}" if schedule else "") if sampler.comfy else "-"
+    return {
+        "name": sampler.a1111 + (f" {schedule.a1111}" if schedule else ""),
+        "sampler": sampler.slug,
+        "comfyui": comfy,
+        "slug": sampler.slug + (f"_{schedule.key}" if schedule else ""),
+        "diffusers": "; ".join(
+            cls + "".join(f" +{v}" if k == "flow" else f" {k}={v!r}" for k, v in kw.items())
+            for cls, kw in cls_by_kind.items()
+        ),
+        "families": works,
+        "stochastic": stochastic,
+        "steps": sampler.steps,
+    }

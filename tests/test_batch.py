@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from imagegen.promptfile import read_prompt_file
+from imagegen.batch.promptfile import read_prompt_file
 
 
 def write(path: Path, text: str) -> Path:
@@ -133,12 +133,12 @@ def test_stdin_is_read_as_txt_or_jsonl():
 
 
 def test_invalid_lines_stop_everything_before_a_model_loads(cli, tiny_models, tmp_path, monkeypatch):
-    import imagegen.models
+    import imagegen.loading
 
     def no_loading(*args, **kwargs):
         raise AssertionError("a model was loaded")
 
-    monkeypatch.setattr(imagegen.models, "load_model", no_loading)
+    monkeypatch.setattr(imagegen.loading, "load_model", no_loading)
     f = write(tmp_path / "p.jsonl", "\n".join([
         '{"prompt": "fine"}',
         '{"prompt": "bad scheduler", "scheduler": "Eulr"}',
@@ -187,7 +187,7 @@ def test_names_must_be_unique_within_a_batch(cli, tmp_path):
 
 
 def test_a_second_batch_on_a_busy_folder_is_refused(cli, tmp_path):
-    from imagegen.manifest import ManifestWriter
+    from imagegen.batch.manifest import ManifestWriter
 
     busy = ManifestWriter(tmp_path / "o")  # as a running batch holds it
     try:
@@ -299,7 +299,7 @@ def test_a_changed_line_and_a_changed_file_are_made_again(cli, tiny_models, tmp_
 
 @pytest.mark.slow
 def test_a_crash_before_the_manifest_line_with_metadata_none_is_adopted(cli, tiny_models, tmp_path, monkeypatch):
-    import imagegen.manifest as manifest
+    import imagegen.batch.manifest as manifest
 
     real, done = manifest.ManifestWriter.append, []
 
@@ -397,9 +397,9 @@ def test_kill_9_at_any_moment_then_rerun_gives_exactly_the_images(tmp_path):
 
 @pytest.mark.slow
 def test_first_ctrl_c_finishes_the_group_and_exits_130(cli, tiny_models, tmp_path, monkeypatch):
-    generate = importlib.import_module("imagegen.generate")  # the package's `generate` is the function
+    session = importlib.import_module("imagegen.session").Session  # pipeline calls go through Session.call
 
-    real, calls = generate.pipeline_call, []
+    real, calls = session.call, []
 
     def interrupt_during_first_call(pipe, reqs, seeds, progress):
         calls.append(len(seeds))
@@ -407,7 +407,7 @@ def test_first_ctrl_c_finishes_the_group_and_exits_130(cli, tiny_models, tmp_pat
             os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the first group denoises
         return real(pipe, reqs, seeds, progress)
 
-    monkeypatch.setattr(generate, "pipeline_call", interrupt_during_first_call)
+    monkeypatch.setattr(session, "call", interrupt_during_first_call)
     f = write(tmp_path / "p.txt", "".join(f"prompt {i}\n" for i in range(6)))
     common = ["--model", tiny_models["sdxl"], "--steps", "2", "--out", tmp_path / "run", "--batch-size", "2", "--seed", "1"]
     result = cli("batch", f, *common)
@@ -421,9 +421,9 @@ def test_first_ctrl_c_finishes_the_group_and_exits_130(cli, tiny_models, tmp_pat
 
 @pytest.mark.slow
 def test_second_ctrl_c_stops_at_once_without_partial_files(cli, tiny_models, tmp_path, monkeypatch):
-    generate = importlib.import_module("imagegen.generate")  # the package's `generate` is the function
+    session = importlib.import_module("imagegen.session").Session  # pipeline calls go through Session.call
 
-    real, calls = generate.pipeline_call, []
+    real, calls = session.call, []
 
     def double_interrupt(pipe, reqs, seeds, progress):
         calls.append(1)
@@ -432,7 +432,7 @@ def test_second_ctrl_c_stops_at_once_without_partial_files(cli, tiny_models, tmp
             os.kill(os.getpid(), signal.SIGINT)
         return real(pipe, reqs, seeds, progress)
 
-    monkeypatch.setattr(generate, "pipeline_call", double_interrupt)
+    monkeypatch.setattr(session, "call", double_interrupt)
     f = write(tmp_path / "p.txt", "".join(f"prompt {i}\n" for i in range(6)))
     common = ["--model", tiny_models["sdxl"], "--steps", "2", "--out", tmp_path / "run", "--batch-size", "2",
               "--seed", "1"]
@@ -441,7 +441,7 @@ def test_second_ctrl_c_stops_at_once_without_partial_files(cli, tiny_models, tmp
     assert len(calls) == 2
     done = check_folder(tmp_path / "run", len(done_entries(tmp_path / "run")))
     assert len(done) <= 2  # the first group at most; the second never finished
-    monkeypatch.setattr(generate, "pipeline_call", real)
+    monkeypatch.setattr(session, "call", real)
     code, summary, _ = run_batch_json(cli, f, *common)
     assert code == 0 and summary["skipped"] + summary["done"] == 6
     check_folder(tmp_path / "run", 6)
@@ -449,10 +449,10 @@ def test_second_ctrl_c_stops_at_once_without_partial_files(cli, tiny_models, tmp
 
 @pytest.mark.slow
 def test_failed_jobs_are_recorded_and_the_batch_goes_on(cli, tiny_models, tmp_path, monkeypatch):
-    generate = importlib.import_module("imagegen.generate")  # the package's `generate` is the function
+    session = importlib.import_module("imagegen.session").Session  # pipeline calls go through Session.call
     from imagegen.errors import OutOfMemory
 
-    real, sizes = generate.pipeline_call, []
+    real, sizes = session.call, []
 
     def flaky(pipe, reqs, seeds, progress):
         sizes.append(len(seeds))
@@ -462,7 +462,7 @@ def test_failed_jobs_are_recorded_and_the_batch_goes_on(cli, tiny_models, tmp_pa
             raise RuntimeError("cannot process this one\nsecond line")
         return real(pipe, reqs, seeds, progress)
 
-    monkeypatch.setattr(generate, "pipeline_call", flaky)
+    monkeypatch.setattr(session, "call", flaky)
     f = write(tmp_path / "p.txt", "one\ntwo\npoison\nfour\n")
     common = ["--model", tiny_models["sdxl"], "--steps", "2", "--out", tmp_path / "run", "--batch-size", "4", "--seed", "1"]
     code, summary, err = run_batch_json(cli, f, *common)
@@ -474,19 +474,19 @@ def test_failed_jobs_are_recorded_and_the_batch_goes_on(cli, tiny_models, tmp_pa
     failed = [e for e in manifest_lines(tmp_path / "run") if e["type"] == "failed"]
     assert [e["line"] for e in failed] == [3]
 
-    monkeypatch.setattr(generate, "pipeline_call", real)
+    monkeypatch.setattr(session, "call", real)
     code, summary, _ = run_batch_json(cli, f, *common)  # a rerun retries only the failed job
     assert code == 0 and (summary["skipped"], summary["done"]) == (3, 1)
 
 
 @pytest.mark.slow
 def test_fail_fast_stops_at_the_first_failure(cli, tiny_models, tmp_path, monkeypatch):
-    generate = importlib.import_module("imagegen.generate")  # the package's `generate` is the function
+    session = importlib.import_module("imagegen.session").Session  # pipeline calls go through Session.call
 
     def always_fail(pipe, reqs, seeds, progress):
         raise RuntimeError("broken")
 
-    monkeypatch.setattr(generate, "pipeline_call", always_fail)
+    monkeypatch.setattr(session, "call", always_fail)
     f = write(tmp_path / "p.txt", "one\ntwo\nthree\n")
     code, summary, _ = run_batch_json(cli, f, "--model", tiny_models["sdxl"], "--steps", "1", "--batch-size", "1",
                                       "--out", tmp_path / "run", "--fail-fast")
@@ -506,7 +506,7 @@ def test_skip_invalid_runs_the_valid_lines(cli, tiny_models, tmp_path):
 
 @pytest.mark.slow
 def test_groups_swap_the_scheduler_and_load_the_model_once(cli, tiny_models, tmp_path, monkeypatch):
-    import imagegen.models as models
+    import imagegen.loading as models
 
     loads = []
     real = models.load_model
@@ -539,7 +539,7 @@ def test_stdin_and_reproduce_of_a_batch_image(cli, tiny_models, tmp_path, monkey
 @pytest.mark.slow
 def test_compile_reports_its_warm_up(cli, tiny_models, tmp_path, monkeypatch):
     monkeypatch.setenv("IMAGEGEN_COMPILE_BACKEND", "eager")  # the inductor C++ build is too slow for a test
-    import imagegen.models as models
+    import imagegen.loading as models
 
     models._LOADED.clear()
     f = write(tmp_path / "p.txt", "one\ntwo\nthree\n")

@@ -35,9 +35,9 @@ def test_bad_axis_values_name_the_flag(name, text, message):
 
 
 def test_an_incompatible_scheduler_is_refused_before_loading(cli, tiny_models, monkeypatch):
-    import imagegen.models
+    import imagegen.loading
 
-    monkeypatch.setattr(imagegen.models, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(imagegen.loading, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
     result = cli("compare", "a fox", "--model", tiny_models["flux"], "--schedulers", "Euler,DDIM", "--steps", "2,4")
     assert result.code == 2 and result.err.startswith("imagegen: error: --schedulers: DDIM")
     result = cli("compare", "a fox", "--model", tiny_models["sdxl"], "--schedulers", "Euler,Eulr")
@@ -54,7 +54,7 @@ def _pixels(path):
 
 @pytest.mark.slow
 def test_compare_grid_tables_and_convergence(cli, tiny_models, tmp_path, monkeypatch):
-    import imagegen.models as models
+    import imagegen.loading as models
 
     models._LOADED.clear()
     calls = {"text_encoder": 0, "text_encoder_2": 0}

@@ -150,12 +150,14 @@ def test_controlnet_pipeline_shares_the_base_weights(tiny_models, tiny_guides, i
     """from_pipe: the ControlNet pipeline holds the very module objects of the loaded one; only the net is new."""
     import torch
 
-    from imagegen.models import load_model, pipeline_for
-    from imagegen.request import Request, resolve
+    from imagegen.loading import load_model
+    from imagegen.session import pipeline_for
+    from imagegen.request import Request
+    from imagegen.resolve import resolve
 
     req = resolve(Request(prompt="x", model=str(tiny_models["sdxl"]), control=(("canny", str(inputs / "building.jpg")),),
                           controlnet_model=(str(tiny_guides["sdxl"]["cn"]),), size=(64, 64)))
-    loaded = load_model(req.model, family="sdxl", revision=None, variant=None, dtype="float32", device="cpu")
+    loaded = load_model(req.model, family=req.family, revision=None, variant=None, dtype="float32", device="cpu")
     plain = pipeline_for(loaded, resolve(Request(prompt="x", model=str(tiny_models["sdxl"]))))
     controlled = pipeline_for(loaded, req)
     assert plain is loaded.pipe and controlled is not plain
@@ -233,12 +235,12 @@ def test_compare_with_controlnet_and_ip_adapter(cli, tiny_models, tiny_guides, i
 @pytest.fixture
 def no_loading(monkeypatch):
     """Bad input must be refused before any weights load."""
-    import imagegen.models
+    import imagegen.loading
 
     def refuse(*args, **kwargs):
         raise AssertionError("weights were loaded")
 
-    monkeypatch.setattr(imagegen.models, "load_model", refuse)
+    monkeypatch.setattr(imagegen.loading, "load_model", refuse)
 
 
 @pytest.mark.parametrize("args, message", [

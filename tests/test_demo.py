@@ -14,7 +14,7 @@ import pytest
 
 from imagegen.demo import world
 from imagegen.demo.analyzer import analyze, nearest_colour
-from imagegen.models import builtin_models
+from imagegen.hub import builtin_models
 from imagegen.presets import load_preset
 
 MODEL = builtin_models()["demo"]
@@ -122,7 +122,7 @@ def test_demo_tokenizer_keeps_grammar_words_whole():
 
 def test_demo_preset_points_at_the_builtin_model():
     preset = load_preset("demo")
-    assert preset.model == "builtin:demo" and preset.family == "sdxl"
+    assert preset.model == "builtin:demo" and preset.family.name == "sdxl"
     assert preset.defaults.size == (64, 64)
 
 

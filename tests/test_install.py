@@ -67,7 +67,7 @@ def test_installed_package_runs_the_demo_from_its_own_folder(wheel, target, tmp_
     code = (
         "import sys\n"
         "from imagegen.cli import main\n"
-        "from imagegen.models import builtin_models\n"
+        "from imagegen.hub import builtin_models\n"
         "assert str(builtin_models()['demo']).startswith(sys.argv[1]), builtin_models()\n"
         "sys.exit(main(['txt2img', 'a red circle on a blue background', '--preset', 'demo', '--steps', '4',"
         " '--seed', '1', '--out', 'out', '--json']))\n"

@@ -56,7 +56,7 @@ def test_pickle_only_folder_is_refused_with_reason(cli, tiny_pickle_sdxl, tmp_pa
 def test_gated_repo_message():
     from huggingface_hub.errors import GatedRepoError
 
-    from imagegen.models import load_error
+    from imagegen.hub import load_error
 
     # The hub's 401 for a gated repo, as huggingface_hub raises it (built without a network round trip).
     cause = GatedRepoError.__new__(GatedRepoError)

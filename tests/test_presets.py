@@ -16,15 +16,15 @@ def test_shipped_presets_are_valid_and_real():
     assert presets["sdxl"].variant == "fp16"
     assert presets["flux-schnell"].model == "black-forest-labs/FLUX.1-schnell"
     assert presets["flux-schnell"].defaults.steps == 4
-    assert presets["sd3.5-large"].family == "sd3"
-    assert presets["sdxl"].controlnets == {"canny": "diffusers/controlnet-canny-sdxl-1.0",
+    assert presets["sd3.5-large"].family.name == "sd3"
+    assert presets["sdxl"].tables["controlnet"] == {"canny": "diffusers/controlnet-canny-sdxl-1.0",
                                            "depth": "diffusers/controlnet-depth-sdxl-1.0"}
-    assert presets["sdxl"].ip_adapter["model"] == "h94/IP-Adapter"
-    assert presets["sdxl"].ip_adapter["weight"].endswith(".safetensors")
-    assert presets["sd3.5-large"].ip_adapter["image_encoder"] == "google/siglip-so400m-patch14-384"
-    assert presets["flux-schnell"].ip_adapter["model"] == "XLabs-AI/flux-ip-adapter"
-    assert presets["flux-schnell"].controlnets["canny"] == "InstantX/FLUX.1-dev-Controlnet-Canny"
-    assert presets["sd3"].controlnets["depth"] == "InstantX/SD3-Controlnet-Depth"
+    assert presets["sdxl"].tables["ip_adapter"]["model"] == "h94/IP-Adapter"
+    assert presets["sdxl"].tables["ip_adapter"]["weight"].endswith(".safetensors")
+    assert presets["sd3.5-large"].tables["ip_adapter"]["image_encoder"] == "google/siglip-so400m-patch14-384"
+    assert presets["flux-schnell"].tables["ip_adapter"]["model"] == "XLabs-AI/flux-ip-adapter"
+    assert presets["flux-schnell"].tables["controlnet"]["canny"] == "InstantX/FLUX.1-dev-Controlnet-Canny"
+    assert presets["sd3"].tables["controlnet"]["depth"] == "InstantX/SD3-Controlnet-Depth"
     for p in presets.values():
         assert p.schedulers, f"{p.name} lists its schedulers"
         assert p.defaults.scheduler and p.defaults.steps and p.defaults.size

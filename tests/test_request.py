@@ -9,12 +9,12 @@ from imagegen import Request, UsageError, resolve
 
 def test_precedence_defaults_preset_replay_flags():
     req = resolve(Request(prompt="p"))
-    assert (req.preset, req.steps, req.cfg, req.scheduler, req.size) == ("sdxl", 30, 5.0, "DPM++ 2M Karras", "1024x1024")
+    assert (req.preset, req.steps, req.cfg, req.scheduler.name, req.size) == ("sdxl", 30, 5.0, "DPM++ 2M Karras", "1024x1024")
     assert (req.n, req.batch_size, req.dtype, req.device, req.metadata) == (1, 1, "auto", "auto", "full")
     replay = Request(prompt="old", steps=12, cfg=3.0, seed=7)
     req = resolve(Request(cfg=9.0), replay)
     assert (req.prompt, req.steps, req.cfg, req.seed) == ("old", 12, 9.0, 7)  # flags beat replay, replay beats preset
-    assert req.scheduler == "DPM++ 2M Karras"  # nobody gave it: the preset's
+    assert req.scheduler.name == "DPM++ 2M Karras"  # nobody gave it: the preset's
 
 
 def test_none_means_not_given_so_a_default_value_can_be_passed_on_purpose():
@@ -25,7 +25,7 @@ def test_none_means_not_given_so_a_default_value_can_be_passed_on_purpose():
 
 def test_preset_defaults_and_model_variant():
     req = resolve(Request(prompt="p", preset="flux-schnell"))
-    assert (req.family, req.steps, req.cfg, req.model, req.variant) == ("flux", 4, 1.0, "black-forest-labs/FLUX.1-schnell", None)
+    assert (req.family.name, req.steps, req.cfg, req.model, req.variant) == ("flux", 4, 1.0, "black-forest-labs/FLUX.1-schnell", None)
     sdxl = resolve(Request(prompt="p"))
     assert sdxl.variant == "fp16"
 
@@ -94,7 +94,7 @@ def test_size_multiple_comes_from_the_model_folder_configs(tmp_path):
     (root / "vae" / "config.json").write_text(json.dumps({"block_out_channels": [8, 8, 8]}))  # scale factor 4
     (root / "transformer" / "config.json").write_text(json.dumps({"patch_size": 4}))
     req = resolve(Request(prompt="p", model=str(root), size=(96, 80)))
-    assert (req.family, req.preset, req.multiple) == ("sd3", "sd3", 16)
+    assert (req.family.name, req.preset, req.multiple) == ("sd3", "sd3", 16)
     with pytest.raises(UsageError, match="multiples of 16"):
         resolve(Request(prompt="p", model=str(root), size=(72, 80)))
     with pytest.raises(UsageError, match="is a sd3 model but preset 'sdxl' is for sdxl"):
@@ -144,7 +144,7 @@ def test_local_model_is_recorded_as_an_absolute_path(tmp_path, monkeypatch):
     fake_model(tmp_path / "mine", "FluxPipeline", vae_blocks=4)
     monkeypatch.chdir(tmp_path)
     req = resolve(Request(prompt="p", model="mine", size=(64, 64)))
-    assert req.model == str((tmp_path / "mine").resolve()) and req.family == "flux"
+    assert req.model == str((tmp_path / "mine").resolve()) and req.family.name == "flux"
 
 
 def test_bare_name_is_not_taken_for_a_repo_id():

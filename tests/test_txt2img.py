@@ -180,7 +180,7 @@ def test_python_api(tiny_models, tmp_path):
     result = imagegen.generate("a red circle", model=str(tiny_models["sdxl"]), steps=2, seed=1, n=2, size="64x64", save=False)
     assert [i.seed for i in result.images] == [1, 2]
     assert result.images[0].image.size == (64, 64) and result.images[0].path is None
-    assert result.request.scheduler == "DPM++ 2M Karras" and result.device == "cpu"
+    assert result.request.scheduler.name == "DPM++ 2M Karras" and result.device == "cpu"
 
 
 def test_random_seed_is_printed_and_recorded(cli, tiny_models, tmp_path):

@@ -305,12 +305,10 @@ def train(
     quiet: bool = False,
 ) -> dict[str, Any]:
     """Train the demo model and save it as a StableDiffusionXLPipeline folder at ``out``; returns the manifest."""
-    import diffusers
     import torch
-    import transformers
     from diffusers import StableDiffusionXLPipeline
 
-    from ..models import quiet_libraries
+    from ..loading import quiet_libraries
 
     quiet_libraries()
     log = Log(quiet)
@@ -343,21 +341,25 @@ def train(
 
     hf_logging.disable_progress_bar()
     pipe.save_pretrained(target, safe_serialization=True)
-    manifest = {
+    command = {"seed": seed, "images": images, "vae_steps": vae_steps, "unet_steps": unet_steps, "batch": batch,
+               "vae_batch": vae_batch, "lr": lr, "vae_lr": vae_lr, "threads": threads}
+    manifest = _manifest(parts, command, vae_curve, unet_curve, seconds)
+    (target / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    log(f"saved to {target} after {seconds / 60:.1f} min; final loss vae {vae_curve.final:.5f}, unet {unet_curve.final:.5f}")
+    return manifest
+
+
+def _manifest(parts, command: dict, vae_curve: Curve, unet_curve: Curve, seconds: float) -> dict[str, Any]:
+    """What the shipped model's manifest.json records: how it was trained, how far, and with what."""
+    import diffusers
+    import torch
+    import transformers
+
+    return {
         "name": "imagegen demo model",
         "script": "imagegen.demo.train",
         "script_version": SCRIPT_VERSION,
-        "command": {
-            "seed": seed,
-            "images": images,
-            "vae_steps": vae_steps,
-            "unet_steps": unet_steps,
-            "batch": batch,
-            "vae_batch": vae_batch,
-            "lr": lr,
-            "vae_lr": vae_lr,
-            "threads": threads,
-        },
+        "command": command,
         "final_loss": {"vae": round(vae_curve.final, 6), "unet": round(unet_curve.final, 6)},
         "loss_curve": {"vae": vae_curve.points, "unet": unet_curve.points},
         "train_seconds": round(seconds, 1),
@@ -368,9 +370,6 @@ def train(
         "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__},
         "world": {"colours": list(world.COLOURS), "shapes": list(world.SHAPES), "image_size": world.IMAGE_SIZE},
     }
-    (target / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    log(f"saved to {target} after {seconds / 60:.1f} min; final loss vae {vae_curve.final:.5f}, unet {unet_curve.final:.5f}")
-    return manifest
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,32 +11,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import UsageError, closest
-from .request import Request
+from ..errors import UsageError, closest
+from ..request import FIELDS, LINE_FIELDS, Request
 
 FORMATS = ("txt", "jsonl", "csv")
-
-# What one line may set. The run-wide settings (out, device, dtype, batch size, metadata) come from flags only.
-LINE_FIELDS = ("prompt", "negative", "seed", "steps", "cfg", "guidance", "size", "scheduler", "n",
-               "preset", "model", "revision", "variant", "name",
-               "control", "control_scale", "control_start", "control_end", "controlnet_model", "canny_low", "canny_high",
-               "ip_adapter", "ip_scale", "ip_adapter_model", "ip_adapter_subfolder", "ip_adapter_weight",
-               "image_encoder", "image_encoder_subfolder")
-# Fields naming files: relative paths on a line are relative to the prompt file's folder, not the working folder.
-_PATH_FIELDS = ("control", "ip_adapter", "controlnet_model", "ip_adapter_model", "image_encoder")
-
-# JSON values must already have the right type: a quoted "30" for steps is a mistake worth naming.
-_JSON_TYPES = {
-    "prompt": (str,), "negative": (str,), "scheduler": (str,), "preset": (str,), "model": (str,), "revision": (str,),
-    "variant": (str,), "name": (str,), "seed": (int,), "steps": (int,), "n": (int,), "cfg": (int, float),
-    "guidance": (int, float), "size": (str, list),
-    "control": (str, list), "control_scale": (int, float, list), "control_start": (int, float, list),
-    "control_end": (int, float, list), "controlnet_model": (str, list), "canny_low": (int,), "canny_high": (int,),
-    "ip_adapter": (str, list), "ip_scale": (int, float), "ip_adapter_model": (str,), "ip_adapter_subfolder": (str,),
-    "ip_adapter_weight": (str,), "image_encoder": (str,), "image_encoder_subfolder": (str,),
-}
-_TYPE_WORDS = {(str,): "a string", (int,): "an integer", (int, float): "a number", (str, list): "a string or a list",
-               (int, float, list): "a number or a list of numbers"}
+# What one line may set is the field table's `line` flag: run-wide settings (out, device, dtype, batch size,
+# metadata) come from flags only. Fields naming files (`path`) are relative to the prompt file's folder.
 _ALTERNATIVES = re.compile(r"\{([^{}]*\|[^{}]*)\}")
 
 
@@ -107,17 +87,8 @@ def _rebase(layer: Request, folder: Path | None) -> Request:
             return str(candidate)
         return value  # org/name: a hub repo id
 
-    changes = {}
-    for key in _PATH_FIELDS:
-        value = getattr(layer, key)
-        if value is None:
-            continue
-        if key == "control":
-            changes[key] = tuple((kind, rebased(p, image=True)) for kind, p in value)
-        elif isinstance(value, tuple):
-            changes[key] = tuple(rebased(v, image=key == "ip_adapter") for v in value)
-        else:
-            changes[key] = rebased(value)
+    changes = {key: f.rebase(getattr(layer, key), rebased) for key, f in FIELDS.items()
+               if f.path and getattr(layer, key) is not None}
     return Request(**{**layer.given(), **changes}) if changes else layer
 
 
@@ -203,16 +174,16 @@ def _no_constant(name: str):
 
 
 def _json_type_problem(data: dict, where: str) -> str | None:
+    """JSON values must already have the right type: a quoted "30" for steps is a mistake worth naming."""
     for key, value in data.items():
-        if key not in _JSON_TYPES:
+        if key not in LINE_FIELDS:
             return (f"{where}: unknown key {key!r}{closest(key, LINE_FIELDS)}; valid keys: "
                     f"{', '.join(sorted(LINE_FIELDS))}")
-        kinds = _JSON_TYPES[key]
-        if value is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
-            if key == "seed" and value == "random":
+        f = FIELDS[key]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, f.json)):
+            if value in f.literals:
                 continue
-            words = '"WxH" or [w, h]' if key == "size" else _TYPE_WORDS[kinds]
-            return f"{where}: {key} must be {words}, got {json.dumps(value)}"
+            return f"{where}: {key} must be {f.type_words()}, got {json.dumps(value)}"
     return None
 
 

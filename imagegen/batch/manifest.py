@@ -14,26 +14,15 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import RunError, UsageError
+from ..errors import RunError, UsageError
 
 MANIFEST = "manifest.jsonl"
-# The recipe fields that decide an image's pixels; two images with the same hash are the same image.
-HASHED = ("prompt", "negative", "seed", "steps", "cfg", "guidance", "width", "height", "scheduler", "model",
-          "revision", "variant")
 
 
 def request_hash(req, seed: int) -> str:
-    """A short stable hash of one image's recipe (the request with this image's seed)."""
-    values = {key: getattr(req, key) for key in HASHED}
-    values["seed"] = seed
-    # ControlNets and IP-Adapter, by content (a changed map is a different image); absent on plain requests, so
-    # their hashes are unchanged from before these existed.
-    if getattr(req, "control", ()):
-        values["control"] = [[u.type, u.image.sha256, u.model, u.revision, u.scale, u.start, u.end, u.preprocess()]
-                             for u in req.control]
-    if getattr(req, "ip_adapter", None) is not None:
-        ip = req.ip_adapter
-        values["ip_adapter"] = [[i.sha256 for i in ip.images], ip.scale, list(ip.weights_key())]
+    """A short stable hash of one image's recipe (the request with this image's seed): the field table's hashed
+    fields and each adapter's content, absent when unused (so plain requests hash as before adapters existed)."""
+    values = req.hash_values(seed)
     blob = json.dumps(values, sort_keys=True, ensure_ascii=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

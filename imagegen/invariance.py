@@ -19,7 +19,10 @@ every family: an image is bit-identical alone or at any position of any micro-ba
 
 from __future__ import annotations
 
+import weakref
+
 _MIN_ROWS = 64
+_PATCHED: "weakref.WeakSet" = weakref.WeakSet()  # modules already given a fixed kernel (a module shared by pipelines)
 
 
 def _linear_forward(module):
@@ -70,7 +73,7 @@ def make_batch_invariant(pipe) -> int:
         if not isinstance(component, torch.nn.Module):
             continue
         for module in component.modules():
-            if getattr(module, "imagegen_invariant", False):
+            if module in _PATCHED:
                 continue
             if isinstance(module, torch.nn.Linear) and type(module).forward is torch.nn.Linear.forward:
                 module.forward = _linear_forward(module)
@@ -86,6 +89,6 @@ def make_batch_invariant(pipe) -> int:
                 module.forward = _conv_forward(module)
             else:
                 continue
-            module.imagegen_invariant = True
+            _PATCHED.add(module)
             patched += 1
     return patched

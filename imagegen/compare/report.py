@@ -10,6 +10,9 @@ import json
 import math
 from pathlib import Path
 
+from ..output import first_free, write_new
+from .plan import fmt
+
 COLUMNS = ("scheduler", "steps", "cfg", "seed", "wall_s", "denoise_s", "s_per_step", "model_steps", "reference",
            "mean_abs_diff", "psnr_db", "file")
 
@@ -28,7 +31,7 @@ def rows(result) -> list[dict]:
     for c in result.cells:
         req = c.cell.req
         out.append({
-            "scheduler": req.scheduler, "steps": req.steps, "cfg": req.cfg, "seed": req.seed,
+            "scheduler": req.scheduler.name, "steps": req.steps, "cfg": req.cfg, "seed": req.seed,
             "wall_s": round(c.wall_s, 4), "denoise_s": round(c.denoise_s, 4), "s_per_step": round(c.s_per_step, 5),
             "model_steps": c.model_steps, "reference": c.reference,
             "mean_abs_diff": None if c.mad is None else round(c.mad, 4),
@@ -41,8 +44,6 @@ def rows(result) -> list[dict]:
 def grid_images(result) -> list:
     """One labelled grid per page value: row labels on the left, column labels on top, each cell's time below it."""
     from PIL import Image, ImageDraw
-
-    from .compare import _fmt
 
     plan = result.plan
     varying = plan.varying
@@ -58,7 +59,7 @@ def grid_images(result) -> list:
     row_values = plan.axes[row_axis]
     col_values = plan.axes[col_axis] if col_axis else (None,)
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    label_w = 16 + max(measure.textlength(f"{_fmt(v)}", font=font) for v in row_values)
+    label_w = 16 + max(measure.textlength(f"{fmt(v)}", font=font) for v in row_values)
     top = 2 * font_size + 24
     caption = 20
     grids = []
@@ -69,16 +70,16 @@ def grid_images(result) -> list:
         draw = ImageDraw.Draw(canvas)
         title = result.plan.prompt if len(result.plan.prompt) < 90 else result.plan.prompt[:89] + "…"
         if len(varying) > 2:
-            title = f"{varying[2]} {_fmt(plan.axes[varying[2]][page])}: {title}"
+            title = f"{varying[2]} {fmt(plan.axes[varying[2]][page])}: {title}"
         draw.text((8, 4), title, fill="black", font=small)
         axis_text = f"rows: {row_axis}" + (f"   columns: {col_axis}" if col_axis else "")
         draw.text((8, 4 + 18), axis_text, fill="#555555", font=small)
         for j, value in enumerate(col_values):
             if value is not None:
-                draw.text((label_w + j * (cw + 8) + 8, top - font_size - 6), _fmt(value), fill="black", font=font)
+                draw.text((label_w + j * (cw + 8) + 8, top - font_size - 6), fmt(value), fill="black", font=font)
         for i, value in enumerate(row_values):
             y = top + i * (ch + caption + 8)
-            draw.text((8, y + ch // 2 - font_size // 2), _fmt(value), fill="black", font=font)
+            draw.text((8, y + ch // 2 - font_size // 2), fmt(value), fill="black", font=font)
         for c in cells:
             x = int(label_w + c.cell.col * (cw + 8) + 8)
             y = int(top + c.cell.row * (ch + caption + 8))
@@ -91,7 +92,6 @@ def grid_images(result) -> list:
 
 
 def write_reports(result) -> None:
-    from .output import write_new
 
     out = result.plan.out_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -118,8 +118,6 @@ def write_reports(result) -> None:
 
 def _free(path: Path) -> Path:
     """path, or path-2, path-3 ... if it exists: a second comparison into one folder never overwrites the first."""
-    from .output import first_free
-
     return first_free(path, lambda n: path.with_name(f"{path.stem}-{n}{path.suffix}"))
 
 

@@ -1,0 +1,100 @@
+"""The adapter protocol: every add-on that conditions or changes a pipeline (ControlNet, IP-Adapter, later LoRA)
+implements these steps, and the rest of imagegen knows adapters only through them."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ..fields import Field
+
+
+@dataclass(frozen=True)
+class ResolveContext:
+    """What an adapter may consult while it resolves, before any weights load."""
+
+    preset: Any  # imagegen.presets.Preset
+    family: Any  # imagegen.families.Family
+    task: str
+    width: int
+    height: int
+    presets_with: Callable[[str], list[str]]  # names of this family's presets that have a given table
+
+
+class Adapter:
+    """One kind of add-on. The defaults do nothing, so each adapter implements only the steps it has."""
+
+    name: str = ""  # its key in the record and the request field that turns it on
+    fields: tuple[Field, ...] = ()  # its request fields: fields[0] turns it on, the others need it
+    preset_table: str | None = None  # the preset table holding its defaults ([controlnet], [ip_adapter])
+    variant: str | None = None  # the (family x task) pipeline variant it runs in ("controlnet"), if any
+    in_place: bool = False  # applied to the loaded pipeline itself (removed again when a request lacks it)
+
+    # ---- before any weights load
+
+    def check_preset_table(self, table: Any, where: str) -> dict:
+        """Validate the preset's table for this adapter; errors name the file and key."""
+        raise NotImplementedError
+
+    def resolve(self, given: dict, ctx: ResolveContext) -> Any | None:
+        """The request's spec for this adapter (every input checked, its record computed), or None if unused."""
+        raise NotImplementedError
+
+    def adjust(self, spec: Any, merged: dict, top: dict, family) -> list[str]:
+        """Settings this adapter changes in the merged request (e.g. CFG it needs), and notes saying so."""
+        return []
+
+    # ---- with weights
+
+    def key(self, spec: Any) -> tuple:
+        """What it loads: requests with equal keys share the loaded weights."""
+        return ()
+
+    def apply(self, pipe, spec: Any, loaded) -> None:
+        """Load into the pipeline itself (in_place adapters)."""
+
+    def update(self, pipe, spec: Any) -> None:
+        """Per-request settings of an adapter already applied with the same key (its scale)."""
+
+    def remove(self, pipe, loaded) -> None:
+        """Undo `apply`, so the pipeline makes plain images again."""
+
+    def components(self, spec: Any, loaded) -> dict:
+        """Modules the variant pipeline is built with (from_pipe)."""
+        return {}
+
+    def call_arguments(self, spec: Any, family, task: str) -> dict:
+        """Its pipeline call arguments."""
+        return {}
+
+    def during_call(self, pipe, spec: Any, family, seeds: list[int]):
+        """A context wrapped around the pipeline call."""
+        return contextlib.nullcontext()
+
+    def extras(self, spec: Any) -> list[tuple[str, Any]]:
+        """(label, image) pairs saved beside each image as <name>.<label>.png."""
+        return []
+
+    # ---- the recipe
+
+    def hash_value(self, spec: Any) -> Any:
+        """What enters the image's recipe hash (by content: a changed input is a different image)."""
+        raise NotImplementedError
+
+    def a1111(self, part: dict) -> dict[str, str]:
+        """Its A1111 `parameters` pairs, from its record part."""
+        return {}
+
+    def replay(self, part: dict) -> dict:
+        """Its record part as request fields (raises KeyError or TypeError when malformed)."""
+        raise NotImplementedError
+
+    def inputs(self, part: dict) -> dict[str, str]:
+        """The input files its record part names -> their recorded sha256."""
+        return {}
+
+
+def pinned(model: dict) -> str:
+    """A recorded net or adapter as `id@revision` when its revision is known, so a replay loads the same weights."""
+    return f"{model['id']}@{model['revision']}" if model.get("revision") else model["id"]

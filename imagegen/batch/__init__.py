@@ -1,0 +1,20 @@
+"""`batch`: a prompt file run at scale: validated first, grouped into micro-batches, resumable, crash-safe.
+
+The run, in order:
+1. plan (plan.py): parse the file, read the output folder's manifest (for the base seed), resolve every job; all bad
+   lines are reported together and nothing loads unless every line is valid (or --skip-invalid).
+2. resume (resume.py): images already in the manifest whose files still hash right are skipped, and images written
+   just before a crash (file in place, manifest line missing) are adopted.
+3. run (run.py): the pending images are shared out by the engine (engines.py: local or accelerate), grouped by model
+   and group key, and run in micro-batches; a background writer saves each image and then appends its manifest line.
+"""
+
+from __future__ import annotations
+
+from .engines import ENGINES, Engine, get_engine
+from .plan import BATCH_NAME, BatchPlan, PlannedImage, derive_seed, prepare
+from .result import BatchResult
+from .run import auto_batch_size, run_batch
+
+__all__ = ["BATCH_NAME", "ENGINES", "BatchPlan", "BatchResult", "Engine", "PlannedImage", "auto_batch_size",
+           "derive_seed", "get_engine", "prepare", "run_batch"]

@@ -1,0 +1,55 @@
+"""What a batch run did: counts, failures and timings (the CLI shows it as a table or --json)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class BatchResult:
+    """What a batch run did: counts, failures and timings (the CLI shows it as a table or --json)."""
+
+    out_dir: Path
+    total: int
+    done: int = 0
+    skipped: int = 0
+    adopted: int = 0
+    failed: int = 0
+    invalid: int = 0
+    wall_s: float = 0.0
+    denoise_s: float = 0.0
+    batch_size: str = ""
+    failures: list[dict] = field(default_factory=list)
+    interrupted: bool = False
+    compile_warmup_s: float | None = None
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def images_per_s(self) -> float:
+        return self.done / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def remaining(self) -> int:
+        return self.total - self.done - self.skipped - self.adopted - self.failed
+
+    def to_json(self) -> dict:
+        return {
+            "out": str(self.out_dir),
+            "total": self.total,
+            "done": self.done,
+            "skipped": self.skipped,
+            "adopted": self.adopted,
+            "failed": self.failed,
+            "invalid": self.invalid,
+            "remaining": self.remaining,
+            "wall_s": round(self.wall_s, 3),
+            "denoise_s": round(self.denoise_s, 3),
+            "images_per_s": round(self.images_per_s, 4),
+            "batch_size": self.batch_size,
+            "interrupted": self.interrupted,
+            "compile_warmup_s": None if self.compile_warmup_s is None else round(self.compile_warmup_s, 3),
+            "failures": self.failures,
+            "process": {"rank": self.rank, "world": self.world},
+        }

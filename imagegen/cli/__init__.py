@@ -1,0 +1,44 @@
+"""The command line: a thin Typer layer (app.py) whose commands build a request, call the core once and render the
+result (commands.py, listing.py), and the one error boundary (main)."""
+
+import os
+import sys
+
+import typer
+
+from ..errors import ImagegenError
+from . import commands, listing  # noqa: F401  (the commands register themselves on the app)
+from .app import app
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The entry point and the one error boundary: our errors become one line and an exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("IMAGEGEN_DEBUG") == "1"
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=argv, prog_name="imagegen", standalone_mode=False)
+    except ImagegenError as exc:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        for detail in getattr(exc, "details", ()):  # e.g. every invalid line of a prompt file, one per line
+            sys.stderr.write(f"{detail}\n")
+        label = "imagegen: " if exc.exit_code == 130 else "imagegen: error: "
+        sys.stderr.write(f"{label}{exc}\n")
+        return exc.exit_code
+    except typer.exceptions.TyperException as exc:  # Typer's (vendored click's) usage errors
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        known = argv[0] in getattr(command, "commands", {}) if argv else False
+        hint = f" (see: imagegen {argv[0]} --help)" if known else " (see: imagegen --help)"
+        sys.stderr.write(f"imagegen: error: {message}{hint}\n")
+        return getattr(exc, "exit_code", 2)
+    except (typer.Abort, KeyboardInterrupt):
+        sys.stderr.write("imagegen: interrupted\n")
+        return 130
+    return code if isinstance(code, int) else 0

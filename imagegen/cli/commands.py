@@ -1,0 +1,205 @@
+"""The generating commands: txt2img, batch, compare and reproduce. Each builds a request layer from its flags, calls the
+core once, and renders the result; their options come from the field table (cli/options.py)."""
+
+import json
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from .app import app
+from .options import GENERATION, Debug, Json, Quiet, flags, with_fields
+
+
+def _progress(quiet: bool):
+    from ..progress import NullProgress, RichProgress
+
+    return NullProgress() if quiet else RichProgress()
+
+
+def _batch_progress(quiet: bool):
+    from ..progress import NullBatchProgress, RichBatchProgress
+
+    return NullBatchProgress() if quiet else RichBatchProgress()
+
+
+def _emit(result, as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(result.to_json()) + "\n")
+
+
+@app.command()
+@with_fields(GENERATION)
+def txt2img(
+    prompt: Annotated[str, typer.Argument(help="What to draw.")],
+    quiet: Quiet = False, json_: Json = False, debug: Debug = False, **fields,
+) -> None:
+    """Generate images from a text prompt (optionally steered by ControlNets and an IP-Adapter)."""
+    from ..generate import run
+    from ..resolve import check_companions, resolve
+
+    layer = flags({**fields, "prompt": prompt})
+    check_companions(layer)
+    _emit(run(resolve(layer), progress=_progress(quiet)), json_)
+
+
+_BATCH = {
+    "seed": {"help": "The run's base seed: a line without a seed gets one derived from it and the line's job index. "
+                     "Default: random, kept in the manifest so a rerun makes the same images."},
+    "n": {"help": "Images per line (a line's n beats it)."},
+    "batch_size": {"help": "Images per pipeline call; auto picks by device and latent size. Results do not depend on "
+                           "it.", "default": "auto", "metavar": "INT|auto"},
+    "out": {"help": "Output folder; a rerun with the same folder resumes. Default: ./outputs"},
+    "name": {"help": "File-name template (see txt2img --help); {index} is the image's number in the batch. Default: "
+                     "{index:05d}-{seed}-{prompt}"},
+}
+
+
+@app.command()
+@with_fields(GENERATION, **_BATCH)
+def batch(
+    file: Annotated[str, typer.Argument(metavar="FILE", help="Prompt file: .txt (one prompt a line), .jsonl or .csv (per-line fields); - reads stdin.")],
+    format_: Annotated[Optional[str], typer.Option("--format", help="Prompt-file format when the name does not say: txt, jsonl, csv.")] = None,
+    expand: Annotated[bool, typer.Option("--expand", help="Expand {a|b|c} alternatives into one job per combination.")] = False,
+    skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Run the valid lines even if some are invalid (each is reported).")] = False,
+    restart: Annotated[bool, typer.Option("--restart", help="Start over in a new folder (OUT-2, OUT-3, ...) instead of resuming; nothing is overwritten.")] = False,
+    fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failed job (default: record it and go on; exit code 3).")] = False,
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the denoiser: pays off on long runs; the warm-up time is reported.")] = False,
+    quiet: Quiet = False, json_: Json = False, debug: Debug = False, **fields,
+) -> None:
+    """Generate every prompt of a file: validated first, resumable, crash-safe (flags are every line's defaults)."""
+    from ..batch import get_engine, prepare, run_batch
+    from ..errors import Interrupted, JobsFailed, UsageError
+    from ..fields import parse_seed
+    from ..request import PARSERS
+
+    seed, batch_size = fields.pop("seed"), fields.pop("batch_size")
+    try:
+        base_seed = parse_seed(seed) if seed is not None else None
+    except ValueError as exc:
+        raise UsageError(f"--seed: {exc}") from None
+    size_arg = None if batch_size.strip().lower() == "auto" else batch_size
+    if size_arg is not None:
+        try:
+            size_arg = PARSERS["batch_size"](size_arg)
+        except ValueError as exc:
+            raise UsageError(f"--batch-size: {exc}, or auto") from None
+    runner = get_engine()
+    plan = prepare(file, flags(fields), base_seed=base_seed, fmt=format_, expand=expand, skip_invalid=skip_invalid,
+                   restart=restart, engine=runner)
+    result = run_batch(plan, batch_size=size_arg, fail_fast=fail_fast, compile=compile_,
+                       progress=_batch_progress(quiet), engine=runner)
+    if json_:
+        sys.stdout.write(json.dumps(result.to_json()) + "\n")
+    elif not quiet:
+        _batch_summary(result)
+    if result.interrupted:
+        raise Interrupted(
+            f"interrupted: {result.done} new images written, {result.remaining} to go; run the same command again "
+            f"(same file and --out {result.out_dir}) to resume"
+        )
+    if result.failed:
+        raise JobsFailed(
+            f"{result.failed} image{'s' if result.failed != 1 else ''} failed (recorded in "
+            f"{result.out_dir}/manifest.jsonl); a rerun retries them"
+        )
+
+
+def _batch_summary(result) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"batch {result.out_dir}" + (f" (process {result.rank + 1} of {result.world})" if result.world > 1 else ""))
+    table.caption = "skipped: already done, verified by sha256"
+    for column in ("done", "skipped", "failed", "invalid", "wall", "img/s", "batch size"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        str(result.done + result.adopted), str(result.skipped), str(result.failed), str(result.invalid),
+        f"{result.wall_s:.1f} s", f"{result.images_per_s:.2f}", result.batch_size,
+    )
+    console = Console(stderr=True)
+    console.print(table)
+    if result.compile_warmup_s is not None:
+        console.print(f"compile warm-up: {result.compile_warmup_s:.1f} s", highlight=False)
+    for failure in result.failures[:20]:
+        console.print(f"[red]failed[/] line {failure['line']}: {failure['error']}", highlight=False, markup=False)
+
+
+# The axes replace --scheduler, --steps and --cfg; every cell is one image, named by its axis values.
+COMPARED = tuple(name for name in GENERATION
+                 if name not in ("scheduler", "steps", "cfg", "n", "batch_size", "name", "metadata"))
+
+
+@app.command()
+@with_fields(COMPARED)
+def compare(
+    prompt: Annotated[str, typer.Argument(help="What to draw.")],
+    schedulers: Annotated[Optional[str], typer.Option("--schedulers", help="Scheduler axis: comma-separated names, e.g. 'Euler,DPM++ 2M Karras,UniPC'.")] = None,
+    steps: Annotated[Optional[str], typer.Option("--steps", help="Step axis: 8,15,30 or a range 10-50:10.")] = None,
+    cfg: Annotated[Optional[str], typer.Option("--cfg", help="CFG axis: 3,5,7 or a range 2-8:2.")] = None,
+    seeds: Annotated[Optional[str], typer.Option("--seeds", help="Seed axis: 1,2,3 or a range 1-4.")] = None,
+    reference: Annotated[Optional[str], typer.Option("--reference", metavar="SCHEDULER:STEPS", help="The cell every other is measured against. Default: the same scheduler at the largest step count.")] = None,
+    tolerance: Annotated[float, typer.Option("--tolerance", help="Mean absolute pixel difference (0-255) from the reference still counted as converged.")] = 2.0,
+    quiet: Quiet = False, json_: Json = False, debug: Debug = False, **fields,
+) -> None:
+    """Compare schedulers, step counts, CFG scales and seeds on one prompt: a labelled grid, a table and an answer."""
+    from ..compare import plan_compare, run_compare
+    from ..resolve import check_companions
+
+    layer = flags(fields)
+    check_companions(layer)
+    plan = plan_compare(prompt, layer, schedulers=schedulers, steps=steps, cfg=cfg, seeds=seeds,
+                        reference=reference, tolerance=tolerance)
+    result = run_compare(plan, progress=_batch_progress(quiet))
+    if json_:
+        from ..compare.report import summary_json
+
+        sys.stdout.write(summary_json(result) + "\n")
+    elif not quiet:
+        _compare_table(result)
+
+
+def _compare_table(result) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..compare.report import rows
+
+    table = Table(title=f"compare {result.plan.out_dir}")
+    for column in ("scheduler", "steps", "cfg", "seed", "time s", "s/step", "Δ ref", "PSNR dB"):
+        table.add_column(column, justify="right")
+    for r in rows(result):
+        table.add_row(r["scheduler"], str(r["steps"]), f"{r['cfg']:g}", str(r["seed"]), f"{r['wall_s']:.2f}",
+                      f"{r['s_per_step']:.3f}", "" if r["mean_abs_diff"] is None else f"{r['mean_abs_diff']:.2f}",
+                      "" if r["psnr_db"] is None else str(r["psnr_db"]))
+    console = Console(stderr=True)
+    console.print(table)
+    console.print(result.answer, highlight=False, markup=False)
+    console.print("grid: " + ", ".join(str(p) for p in result.grids), highlight=False, markup=False)
+
+
+# A recipe is replayed whole; these flags override single fields of it.
+REPLAYED = ("negative", "seed", "steps", "cfg", "guidance", "size", "scheduler", "model", "revision", "dtype", "device",
+            "out", "name", "metadata")
+
+
+@app.command()
+@with_fields(REPLAYED)
+def reproduce(
+    source: Annotated[str, typer.Argument(metavar="FILE", help="An imagegen PNG or its .json sidecar.")],
+    verify: Annotated[bool, typer.Option("--verify", help="Compare with the original; exit 4 if any pixel differs.")] = False,
+    quiet: Quiet = False, json_: Json = False, debug: Debug = False, **fields,
+) -> None:
+    """Re-run an image's recorded recipe (flags override fields) into a new folder beside it."""
+    from ..errors import UsageError
+    from ..reproduce import reproduce as do_reproduce
+
+    overrides = flags(fields)
+    if verify and overrides.given().keys() - {"out", "name", "metadata", "device"}:
+        raise UsageError("--verify compares with the original: drop the recipe overrides (--out, --name, --device may stay)")
+    progress = _progress(quiet)
+    result = do_reproduce(source, verify=verify, overrides=overrides, progress=progress)
+    if result.verification and not quiet:
+        v = result.verification
+        progress.console.print(f"[green]verified[/]: identical pixels (max pixel difference {v.max_pixel_diff})")
+    _emit(result, json_)

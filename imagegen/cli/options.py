@@ -1,0 +1,59 @@
+"""Command-line options made from the request field table: each field's flag, help and metavar are declared once
+(imagegen.fields and each adapter's fields), and a command lists the fields it takes. Typer reads the generated
+signature; the command receives the values as keyword arguments."""
+
+import inspect
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+
+from ..families import cfg_help_text
+from ..request import FIELDS, Request
+
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or notes on stderr.")]
+Json = Annotated[bool, typer.Option("--json", help="Print one JSON result on stdout.")]
+Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")]
+
+# What each group of commands takes: every generating field, minus what a command handles its own way.
+GENERATION = tuple(name for name in FIELDS if name != "prompt")
+HELP = {"cfg": FIELDS["cfg"].help + " " + cfg_help_text() + "."}
+
+
+def option(name: str, *, help: str | None = None, default: Any = None, metavar: str | None = None) -> inspect.Parameter:
+    """The Typer option of one request field (None means "not given": lower layers decide)."""
+    field = FIELDS[name]
+    kind = Optional[list[str]] if field.repeat else Optional[str]
+    if default is not None:
+        kind = str
+    info = typer.Option(*field.options, help=help or HELP.get(name) or field.help, metavar=metavar or field.metavar)
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[kind, info])
+
+
+def with_fields(names: tuple[str, ...], **overrides: dict) -> Callable:
+    """Give a command one option per named field (overrides: field name -> option() arguments); the values reach it
+    as keyword arguments, after its own parameters."""
+
+    def decorate(func: Callable) -> Callable:
+        own = [p for p in inspect.signature(func, eval_str=True).parameters.values()
+               if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        taken = {p.name for p in own}
+        generated = [option(name, **overrides.get(name, {})) for name in names if name not in taken]
+        head = [p for p in own if p.default is inspect.Parameter.empty]
+        tail = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own if p.default is not inspect.Parameter.empty]
+
+        def command(**values):
+            return func(**values)
+
+        command.__name__, command.__doc__, command.__module__ = func.__name__, func.__doc__, func.__module__
+        command.__signature__ = inspect.Signature(head + generated + tail)
+        command.fields = tuple(p.name for p in generated)  # for the test that options match the field table
+        return command
+
+    return decorate
+
+
+def flags(values: dict) -> Request:
+    """The given flags as a request layer (an empty repeatable option is not given)."""
+    given = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in values.items()
+             if k in FIELDS and v not in (None, [], ())}
+    return Request.from_mapping(given, where=None)

@@ -1,0 +1,59 @@
+"""How far each cell of a comparison is from its reference cell (by default the same scheduler at the largest step
+count): mean absolute pixel difference (0-255) and PSNR, and the cheapest setting within tolerance."""
+
+from __future__ import annotations
+
+import math
+
+
+def _key(c) -> tuple:
+    req = c.cell.req
+    return (req.scheduler.name, req.steps, req.cfg, req.seed)
+
+
+def _ref_of(c, plan) -> tuple[str, int]:
+    if plan.reference:
+        return plan.reference
+    return c.cell.req.scheduler.name, max(plan.axes["steps"])
+
+
+def convergence(result) -> None:
+    """Each cell's difference from its reference cell, and the cheapest cell within tolerance of it."""
+    import numpy as np
+
+    plan = result.plan
+    by_key = {_key(c): c for c in result.cells}
+    for c in result.cells:
+        scheduler, steps = _ref_of(c, plan)
+        ref = by_key.get((scheduler, steps, c.cell.req.cfg, c.cell.req.seed))
+        if ref is None:
+            continue
+        c.reference = f"{scheduler}:{steps}"
+        diff = np.abs(c.pixels.astype(np.float64) - ref.pixels.astype(np.float64))
+        c.mad = float(diff.mean())
+        mse = float((diff ** 2).mean())
+        c.psnr = float("inf") if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
+    result.answer = _answer(result, by_key)
+
+
+def _answer(result, by_key: dict) -> str:
+    plan = result.plan
+
+    def is_reference(c) -> bool:
+        return c.reference == f"{c.cell.req.scheduler.name}:{c.cell.req.steps}"
+
+    within = [c for c in result.cells if c.mad is not None and c.mad <= plan.tolerance and not is_reference(c)]
+    if not within:
+        measured = [c for c in result.cells if c.mad is not None and not is_reference(c)]
+        closest = min(measured, key=lambda c: c.mad, default=None)
+        return f"no setting cheaper than its reference is within {plan.tolerance:g} mean pixel difference" + (
+            f"; the closest is {closest.cell.req.scheduler.name} at {closest.cell.req.steps} steps "
+            f"({closest.mad:.2f})" if closest else "")
+    best = min(within, key=lambda c: (c.denoise_s, c.cell.req.steps))
+    ref = by_key[(*_ref_of(best, plan), best.cell.req.cfg, best.cell.req.seed)]
+    share = best.denoise_s / ref.denoise_s if ref.denoise_s else 1.0
+    return (
+        f"{best.cell.req.scheduler.name} at {best.cell.req.steps} steps is within tolerance ({best.mad:.2f} mean pixel "
+        f"difference <= {plan.tolerance:g}, PSNR {best.psnr:.1f} dB) of {ref.cell.req.steps}-step "
+        f"{ref.cell.req.scheduler.name} at {100 * share:.0f}% of the cost"
+    )

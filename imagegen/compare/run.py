@@ -1,0 +1,142 @@
+"""Running a comparison: the model loads once and the prompt is encoded once; every cell then runs through the
+generation session with its scheduler swapped in place, and is written exactly as txt2img writes an image (PNG,
+chunk, sidecar), so any cell can be reproduced. The writes overlap the next cell's denoising."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..progress import NullBatchProgress
+from ..session import Session, write
+from ..writer import BackgroundWriter
+from .convergence import convergence
+from .plan import Cell, ComparePlan, fmt
+from .report import write_reports
+
+
+@dataclass
+class CellResult:
+    """What one cell made and measured."""
+
+    cell: Cell
+    path: Path | None = None
+    sidecar: Path | None = None
+    wall_s: float = 0.0  # the pipeline call: denoise + decode
+    denoise_s: float = 0.0
+    model_steps: int = 0  # denoiser evaluations (second-order samplers take more than --steps)
+    pixels: Any = None  # the image as a uint8 array, for the convergence figures
+    reference: str = ""
+    mad: float | None = None
+    psnr: float | None = None
+
+    @property
+    def s_per_step(self) -> float:
+        return self.denoise_s / max(1, self.cell.req.steps)
+
+
+@dataclass
+class CompareResult:
+    plan: ComparePlan
+    cells: list[CellResult] = field(default_factory=list)
+    load_s: float = 0.0
+    encode_s: float = 0.0
+    wall_s: float = 0.0
+    grids: list[Path] = field(default_factory=list)
+    answer: str = ""
+
+    @property
+    def denoise_total_s(self) -> float:
+        return sum(c.denoise_s for c in self.cells)
+
+    @property
+    def overhead(self) -> float:
+        """Everything after the load that is not denoising (encode, scheduler swaps, decode, writes, reports),
+        as a fraction of the summed denoising time of the cells."""
+        busy = self.denoise_total_s
+        return (self.wall_s - self.load_s - busy) / busy if busy else 0.0
+
+
+def run_compare(plan: ComparePlan, *, progress=None) -> CompareResult:
+    """Load once, encode once, then run every cell, swapping the scheduler in place; write images, grid and tables."""
+    progress = progress or NullBatchProgress()
+    started = time.perf_counter()
+    first = plan.cells[0].req
+    session = Session()
+    session.load(first, progress)  # every cell shares the run's ControlNets and IP-Adapter
+    result = CompareResult(plan=plan, load_s=time.perf_counter() - started)
+    t0 = time.perf_counter()
+    embeddings = first.family.encode_prompt(session.pipe, plan.prompt, first.negative, session.loaded.device)
+    result.encode_s = time.perf_counter() - t0
+    progress.start(total=len(plan.cells))
+    writer = BackgroundWriter(max_pending=4)  # PNG encoding and sidecars overlap the next cell's denoising
+    try:
+        for cell in plan.cells:
+            progress.current(cell.label)
+            image, record, cell_result = _run_cell(session, cell, embeddings, progress, result, len(plan.cells))
+            result.cells.append(cell_result)
+            name = "cells/" + "_".join(f"{k}-{_slug_value(v)}" for k, v in cell.values.items())
+            writer.submit(_write_cell(plan.out_dir, name, image, record, cell_result))
+            progress.image_done(cell, None)
+            if len(result.cells) == 1 and len(plan.cells) > 1:
+                progress.note(f"estimated time for all {len(plan.cells)} cells: {_estimate(plan, cell_result):.1f} s")
+    finally:
+        writer.close()
+        progress.finish()
+    convergence(result)
+    write_reports(result)
+    result.wall_s = time.perf_counter() - started
+    return result
+
+
+def _run_cell(session: Session, cell: Cell, embeddings: dict, progress, result: CompareResult, total: int):
+    """One cell: its scheduler, one call with the shared embeddings, its record; (image, record, CellResult)."""
+    import numpy as np
+
+    req = cell.req
+    session.set_scheduler(req)
+    steps_seen: list[int] = []
+    call_start = time.perf_counter()
+    call = session.call([req], [req.seed], _StepCounter(progress, steps_seen), embeddings=embeddings)
+    wall = time.perf_counter() - call_start
+    image = call.images[0]
+    record = session.record(
+        req, call, seed=req.seed,
+        timings={"load_s": round(result.load_s, 4), **{k: round(v, 4) for k, v in call.timings.items()}},
+        batch={"image": len(result.cells), "n": total, "batch_size": 1, "position": 0, "compare": dict(cell.values)},
+    )
+    cell_result = CellResult(cell=cell, wall_s=wall, denoise_s=call.timings["denoise_s"],
+                             model_steps=max(steps_seen or [req.steps]), pixels=np.asarray(image.convert("RGB")))
+    return image, record, cell_result
+
+
+def _write_cell(out_dir: Path, name: str, image, record: dict, cell_result: CellResult):
+    def task():
+        written = write(image, out_dir, name, record, cell_result.cell.req)
+        cell_result.path, cell_result.sidecar = written.png, written.sidecar
+
+    return task
+
+
+def _estimate(plan: ComparePlan, first: CellResult) -> float:
+    """Every cell's cost from the first cell's time per model step, scaled by each cell's step count."""
+    per_step = first.wall_s / max(1, first.model_steps)
+    scale = first.model_steps / max(1, first.cell.req.steps)  # second-order samplers: model steps per step
+    return sum(per_step * max(1, round(c.req.steps * scale)) for c in plan.cells)
+
+
+class _StepCounter:
+    def __init__(self, progress, seen: list[int]):
+        self._progress, self._seen = progress, seen
+
+    def step(self, step: int, steps: int) -> None:
+        self._seen.append(steps)
+        self._progress.step(step, steps)
+
+
+def _slug_value(value) -> str:
+    from ..output import slug
+
+    return slug(fmt(value).replace(".", "p"), 32)

@@ -1,0 +1,133 @@
+"""The Family protocol: everything one model family means, in one object. Each module of this package subclasses
+`Family` and exports one instance as FAMILY; nothing outside the package asks which family it is looking at."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, Callable
+
+CLASSIC_CFG = "classifier-free guidance; on when > 1, and the negative prompt acts through it"
+TEXT2IMAGE = "text2image"  # diffusers' task names (AUTO_TEXT2IMAGE_PIPELINES_MAPPING, ...)
+
+
+class Family:
+    """One model family (architecture), independent of any checkpoint. Subclasses set the attributes and override
+    the methods where the family differs from this default (a UNet family with classic CFG)."""
+
+    name: str = ""
+    label: str = ""  # how people write it: "SDXL", "Flux"
+    released: str = ""  # YYYY-MM: orders every listing, oldest first
+    # The diffusers class per (task, variant): ("text2image", None) loads the model; a variant is what an adapter
+    # needs on top ("controlnet"). Keyed like diffusers' AUTO_*_PIPELINES_MAPPING, so a new mode is an entry here.
+    pipelines: dict[tuple[str, str | None], str] = {}
+    flow: bool = False  # flow-matching (rectified flow) models need flow-aware schedulers
+    default_multiple: int = 8  # used only when the model's configs cannot be read
+    pipeline_multiple: int = 1  # what the diffusers pipeline itself insists on, whatever the configs say
+    denoiser: str = "unet"  # the pipeline component that runs every step (what --compile compiles)
+    default_preset: str = ""  # the preset whose defaults a bare --model of this family takes
+    cfg_help: str = CLASSIC_CFG
+    load_kwargs: dict[str, Any] = {}  # extra from_pretrained arguments (components to leave out)
+    distilled_guidance: bool = False  # takes --guidance (a distilled guidance embedding)
+    unsupported_samplers: dict[str, str] = {}  # sampler slug -> why it cannot drive this family
+    flow_note: str = ""  # what the flow solvers get beyond the common flow flags (shown by `imagegen schedulers`)
+    # ControlNet: the net class (None: no ControlNet support) and config values that tell its nets from others'.
+    controlnet_class: str | None = None
+    controlnet_signature: dict[str, Any] = {}
+    control_map_arguments: dict[str, str] = {}  # task -> the call argument its map goes in, where not control_image
+    # IP-Adapter: the image encoder class its adapters were trained with (None: no support), reference images one
+    # adapter takes, and the CFG scale set when the adapter acts only through CFG (None: it does not).
+    ip_adapter_encoder: str | None = None
+    ip_adapter_images: int = 4
+    ip_adapter_cfg: float | None = None
+
+    def __repr__(self) -> str:
+        return f"<family {self.name}>"
+
+    # ---- pipelines
+
+    def pipeline_class(self, task: str = TEXT2IMAGE, variant: str | None = None) -> str | None:
+        """The diffusers class for this task and variant, or None where diffusers has none."""
+        return self.pipelines.get((task, variant))
+
+    def declared_by(self) -> set[str]:
+        """The model_index.json `_class_name`s that mark a model folder as this family's."""
+        return {cls for (_, variant), cls in self.pipelines.items() if variant is None}
+
+    # ---- sizes
+
+    def size_rule(self, read: Callable[[str], dict | None]) -> tuple[int | None, int | None]:
+        """(multiple, max side) from the model's configs, read without weights; (None, None) if unreadable."""
+        vae = read("vae/config.json")
+        if not vae or not vae.get("block_out_channels"):
+            return None, None
+        scale = 2 ** (len(vae["block_out_channels"]) - 1)
+        patch, max_side = self.latent_patch(read, scale)
+        return math.lcm(scale * patch, self.pipeline_multiple), max_side
+
+    def latent_patch(self, read: Callable[[str], dict | None], scale: int) -> tuple[int, int | None]:
+        """(latent pixels per denoiser token side, the largest image side or None)."""
+        return 1, None
+
+    # ---- guidance
+
+    def guidance_arguments(self, cfg: float, guidance: float | None, negatives: list[str]) -> dict:
+        """The call arguments that --cfg (and --guidance) mean for this family."""
+        # An empty negative prompt is left to the pipeline's own default (SDXL: zero embeddings); the group key keeps
+        # empty and non-empty negatives apart so this holds for every image of a micro-batch.
+        return {"guidance_scale": cfg, "negative_prompt": negatives if any(negatives) else None}
+
+    def cfg_notes(self, cfg: float, negative: str) -> list[str]:
+        """What the user should be told about this --cfg on this family."""
+        return []
+
+    # ---- prompts
+
+    def encode_prompt(self, pipe, prompt: str, negative: str, device: str) -> dict:
+        """The prompt and negative prompt encoded once, as the embedding arguments of this family's pipeline call."""
+        import torch
+
+        with torch.no_grad():
+            embeds, neg, pooled, neg_pooled = pipe.encode_prompt(
+                prompt=prompt, device=device, do_classifier_free_guidance=True, negative_prompt=negative or None)
+        return {"prompt_embeds": embeds, "negative_prompt_embeds": neg, "pooled_prompt_embeds": pooled,
+                "negative_pooled_prompt_embeds": neg_pooled}
+
+    def embeddings_for(self, embeddings: dict, cfg: float) -> dict:
+        """The encoded prompt as one call at this --cfg takes it."""
+        return embeddings
+
+    # ---- schedulers
+
+    def flow_solver_kwargs(self, native: dict, shift: float) -> dict:
+        """What a multistep flow solver needs beyond the common flow flags to match the native scheduler."""
+        return {}
+
+    # ---- ControlNet
+
+    def owns_controlnet(self, config: dict) -> bool:
+        """Whether a ControlNet config.json is one of this family's nets."""
+        if self.controlnet_class is None or config.get("_class_name") != self.controlnet_class:
+            return False
+        return all(config.get(key) == value for key, value in self.controlnet_signature.items())
+
+    def control_argument(self, task: str) -> str:
+        """The pipeline argument the control map goes in."""
+        return self.control_map_arguments.get(task, "control_image")
+
+    def controlnet_call(self, pipe, seeds: list[int]):
+        """A context for one ControlNet call (a family's quirks go here)."""
+        return contextlib.nullcontext()
+
+    # ---- IP-Adapter
+
+    def ip_adapter_load_kwargs(self) -> dict:
+        """load_ip_adapter's arguments for an image encoder imagegen registered itself."""
+        return {"image_encoder_folder": None}
+
+    def ip_adapter_processor(self, encoder, source: str, kwargs: dict):
+        """The image processor for the adapter's encoder (as diffusers' loader builds it: CLIP at its resolution)."""
+        import transformers
+
+        size = encoder.config.image_size
+        return transformers.CLIPImageProcessor(size=size, crop_size=size)

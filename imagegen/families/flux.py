@@ -1,0 +1,83 @@
+"""FLUX.1 (dev, schnell): a guidance-distilled MMDiT with CLIP-L and T5, flow matching with resolution shifting."""
+
+from __future__ import annotations
+
+import math
+
+from .base import Family
+
+
+class Flux(Family):
+    name = "flux"
+    label = "Flux"
+    released = "2024-08"
+    pipelines = {
+        ("text2image", None): "FluxPipeline",
+        ("image2image", None): "FluxImg2ImgPipeline",
+        ("inpaint", None): "FluxInpaintPipeline",
+        ("text2image", "controlnet"): "FluxControlNetPipeline",
+        ("image2image", "controlnet"): "FluxControlNetImg2ImgPipeline",
+        ("inpaint", "controlnet"): "FluxControlNetInpaintPipeline",
+    }
+    flow = True
+    default_multiple = 16
+    denoiser = "transformer"
+    default_preset = "flux-schnell"
+    cfg_help = ("Flux is guidance-distilled: 1 (the default) is off; > 1 turns on true CFG "
+                "(true_cfg_scale, with the negative prompt; a second transformer pass per step, about 2x cost). "
+                "Flux-dev's distilled guidance embedding is --guidance")
+    distilled_guidance = True
+    unsupported_samplers = {"heun": "FluxPipeline passes custom sigmas, which FlowMatchHeun does not accept"}
+    flow_note = ", dynamic shifting"
+    controlnet_class = "FluxControlNetModel"
+    ip_adapter_encoder = "CLIPVisionModelWithProjection"
+    ip_adapter_cfg = 4.0  # XLabs' published example runs its adapter with true_cfg_scale 4
+
+    def latent_patch(self, read, scale: int) -> tuple[int, int | None]:
+        return 2, None  # Flux packs latents in 2x2 patches
+
+    def guidance_arguments(self, cfg: float, guidance: float | None, negatives: list[str]) -> dict:
+        # Flux's guidance_scale is a distilled embedding (ignored by schnell); real CFG is true_cfg_scale.
+        return {"true_cfg_scale": cfg, "negative_prompt": negatives if cfg > 1 else None,
+                "guidance_scale": guidance if guidance is not None else 3.5}
+
+    def cfg_notes(self, cfg: float, negative: str) -> list[str]:
+        if cfg <= 1:
+            return []
+        return [f"flux: --cfg {cfg:g} > 1 turns on true classifier-free guidance (true_cfg_scale) with the "
+                f"negative prompt{' (empty)' if not negative else ''}; each step runs the transformer twice"]
+
+    def encode_prompt(self, pipe, prompt: str, negative: str, device: str) -> dict:
+        import torch
+
+        with torch.no_grad():
+            embeds, pooled, _ = pipe.encode_prompt(prompt=prompt, prompt_2=None, device=device)
+            neg, neg_pooled, _ = pipe.encode_prompt(prompt=negative or "", prompt_2=None, device=device)
+        return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled,
+                "negative_prompt_embeds": neg, "negative_pooled_prompt_embeds": neg_pooled}
+
+    def embeddings_for(self, embeddings: dict, cfg: float) -> dict:
+        # Flux takes its negative embeddings only for true CFG (cfg > 1), as txt2img passes its negative prompt.
+        if cfg <= 1:
+            return {k: v for k, v in embeddings.items() if not k.startswith("negative")}
+        return embeddings
+
+    def flow_solver_kwargs(self, native: dict, shift: float) -> dict:
+        # FluxPipeline always passes `mu` to set_timesteps, and these solvers accept it only with dynamic shifting.
+        # A checkpoint without dynamic shifting (schnell: fixed shift 1.0) gets base_shift == max_shift ==
+        # ln(shift), so mu = ln(shift) at every size and the solver's flow_shift = exp(mu) = shift, as its native
+        # scheduler.
+        kwargs = {"use_dynamic_shifting": True, "time_shift_type": "exponential"}
+        if not native.get("use_dynamic_shifting", False):
+            kwargs["base_shift"] = kwargs["max_shift"] = math.log(shift)
+        else:
+            for key in ("base_shift", "max_shift", "base_image_seq_len", "max_image_seq_len"):
+                if key in native:
+                    kwargs[key] = native[key]
+        return kwargs
+
+    def ip_adapter_load_kwargs(self) -> dict:
+        return {"image_encoder_pretrained_model_name_or_path": None}  # imagegen registers the encoder itself
+
+
+FAMILY = Flux()

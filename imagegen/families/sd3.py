@@ -1,0 +1,85 @@
+"""Stable Diffusion 3 and 3.5: an MMDiT transformer with CLIP-L, CLIP-G and T5 encoders, flow matching, classic CFG."""
+
+from __future__ import annotations
+
+import contextlib
+
+from .base import Family
+
+
+class SD3(Family):
+    name = "sd3"
+    label = "SD3"
+    released = "2024-06"
+    pipelines = {
+        ("text2image", None): "StableDiffusion3Pipeline",
+        ("image2image", None): "StableDiffusion3Img2ImgPipeline",
+        ("inpaint", None): "StableDiffusion3InpaintPipeline",
+        ("text2image", "controlnet"): "StableDiffusion3ControlNetPipeline",
+        ("inpaint", "controlnet"): "StableDiffusion3ControlNetInpaintingPipeline",
+    }
+    flow = True
+    default_multiple = 16
+    denoiser = "transformer"
+    default_preset = "sd3"
+    controlnet_class = "SD3ControlNetModel"
+    ip_adapter_encoder = "SiglipVisionModel"
+    ip_adapter_images = 1  # SD3's pipelines encode one reference image (a second breaks its batch shapes)
+
+    def latent_patch(self, read, scale: int) -> tuple[int, int | None]:
+        transformer = read("transformer/config.json") or {}
+        patch = int(transformer.get("patch_size", 2))
+        return patch, int(transformer.get("pos_embed_max_size", 96)) * patch * scale  # its positional embedding
+
+    def encode_prompt(self, pipe, prompt: str, negative: str, device: str) -> dict:
+        import torch
+
+        with torch.no_grad():
+            embeds, neg, pooled, neg_pooled = pipe.encode_prompt(
+                prompt=prompt, prompt_2=None, prompt_3=None, device=device, do_classifier_free_guidance=True,
+                negative_prompt=negative or None)
+        return {"prompt_embeds": embeds, "negative_prompt_embeds": neg, "pooled_prompt_embeds": pooled,
+                "negative_pooled_prompt_embeds": neg_pooled}
+
+    @contextlib.contextmanager
+    def controlnet_call(self, pipe, seeds: list[int]):
+        """SD3's ControlNet pipeline VAE-encodes each map with `latent_dist.sample()` and no generator, drawing from the
+        global torch RNG: the same seed then gives different images. While this is active, those draws come from one
+        generator per image, seeded from the image's seed and the net's position: reproducible, and independent of
+        the micro-batch (the classifier-free-guidance copy of row i draws from row i's generator too)."""
+        import torch
+
+        vae = pipe.vae
+        original = vae.encode
+        calls = [0]
+
+        def encode(x, *args, **kwargs):
+            out = original(x, *args, **kwargs)
+            dist = out.latent_dist if hasattr(out, "latent_dist") else out[0]
+            net = calls[0]
+            calls[0] += 1
+            generators = [torch.Generator("cpu").manual_seed((seed * 1_000_003 + 7919 * (net + 1)) % 2**63)
+                          for seed in seeds]
+            rows = x.shape[0]
+            per_row = (generators * (rows // len(generators) + 1))[:rows] if rows != len(generators) else generators
+            sample = dist.sample
+            dist.sample = lambda generator=None: sample(generator=per_row)
+            return out
+
+        vae.encode = encode
+        try:
+            yield
+        finally:
+            del vae.encode  # the instance attribute: the class's method shows through again
+
+    def ip_adapter_processor(self, encoder, source: str, kwargs: dict):
+        import transformers
+
+        try:
+            return transformers.SiglipImageProcessor.from_pretrained(source, **kwargs)
+        except OSError:  # a folder without preprocessor_config.json: SigLIP's defaults at its resolution
+            size = encoder.config.image_size
+            return transformers.SiglipImageProcessor(size={"height": size, "width": size})
+
+
+FAMILY = SD3()

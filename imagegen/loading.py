@@ -1,0 +1,113 @@
+"""Where a model's weights are loaded: the device and dtype chosen, from_pretrained with safetensors only and no remote
+code, one pipeline kept per process, and one-line errors for everything that can go wrong."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import RunError, UsageError
+from .hub import is_local, load_error, local_path, resolved_revision
+
+
+def resolve_device(device: str) -> str:
+    """'auto' picks cuda > mps > cpu; an explicit device must exist."""
+    import torch
+
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: CUDA is not available on this machine; use --device cpu or auto")
+    if device == "mps" and not mps:
+        raise UsageError("--device mps: MPS is not available on this machine; use --device cpu or auto")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str, preset_dtype: str = "auto") -> str:
+    """'auto' is float32 on CPU and the preset's dtype (else bfloat16 where supported, else float16) on a GPU."""
+    if dtype != "auto":
+        return dtype
+    if device == "cpu":
+        return "float32"
+    if preset_dtype != "auto":
+        return preset_dtype
+    import torch
+
+    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return "bfloat16" if device.startswith("cuda") and bf16 else "float16"
+
+
+@dataclass
+class LoadedModel:
+    """A pipeline on its device, what is applied to it, and the facts about it that go into metadata."""
+
+    pipe: Any
+    model: str
+    family: Any  # imagegen.families.Family
+    revision: str | None
+    variant: str | None
+    dtype: str
+    device: str
+    pipeline_class: str
+    native_scheduler: dict  # the scheduler config the model shipped with: every swap starts from it
+    derived: dict = field(default_factory=dict)  # a variant pipeline sharing this one's modules (from_pipe), by key
+    applied: dict = field(default_factory=dict)  # in-place adapter name -> the key of what it loaded
+    cache: dict = field(default_factory=dict)  # adapters' weights (nets, image encoders) loaded for this model
+    compiled: bool = False
+
+
+_LOADED: dict[tuple, LoadedModel] = {}
+
+
+def load_model(model: str, *, family, revision: str | None, variant: str | None, dtype: str,
+               device: str) -> LoadedModel:
+    """Load (or reuse) a pipeline with safetensors only, no remote code, and `dtype=`; errors become one line."""
+    key = (model, family.name, revision, variant, dtype, device)
+    if key in _LOADED:
+        return _LOADED[key]
+    _LOADED.clear()  # one pipeline at a time: a second model would double the memory
+    quiet_libraries()
+    import diffusers
+    import torch
+
+    cls = getattr(diffusers, family.pipeline_class())
+    path = str(local_path(model)) if is_local(model) else model
+    try:
+        pipe = cls.from_pretrained(path, revision=revision, variant=variant, dtype=getattr(torch, dtype),
+                                   use_safetensors=True, **family.load_kwargs)
+    except Exception as exc:  # diffusers wraps hub errors in OSError/ValueError: explain the cause in one line
+        raise load_error(model, revision, exc) from exc
+    try:
+        pipe.to(device)
+    except torch.OutOfMemoryError as exc:
+        raise RunError(f"{model}: out of memory moving the model to {device} in {dtype}; try a smaller dtype") from exc
+    pipe.set_progress_bar_config(disable=True)
+    make_invariant(pipe, device)
+    loaded = LoadedModel(pipe=pipe, model=model, family=family, revision=resolved_revision(model, revision),
+                         variant=variant, dtype=dtype, device=device, pipeline_class=type(pipe).__name__,
+                         native_scheduler=dict(pipe.scheduler.config))
+    _LOADED[key] = loaded
+    return loaded
+
+
+def make_invariant(pipe, device: str) -> None:
+    """On CPU, fixed kernels make an image independent of its micro-batch (imagegen.invariance)."""
+    if device == "cpu":
+        from .invariance import make_batch_invariant
+
+        make_batch_invariant(pipe)
+
+
+def quiet_libraries() -> None:
+    """Silence diffusers' and transformers' own bars and warnings: imagegen reports progress and errors itself."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()

@@ -1,0 +1,146 @@
+"""The one place precedence is decided: the request's layers merged, then checked against the preset, the model's
+configs, the scheduler registry, the family and the adapters. No weights load here."""
+
+from __future__ import annotations
+
+import secrets
+
+from .adapters import ADAPTERS, ResolveContext
+from .errors import RunError, UsageError
+from .families import FAMILIES
+from .hub import not_cached_message
+from .models import canonical_model, inspect_model
+from .modes import get_mode
+from .output import check_template
+from .presets import list_presets, load_preset
+from .request import DEFAULT_PRESET, DEFAULTS, Request, ResolvedRequest
+from .schedulers import resolve_scheduler
+
+
+def check_companions(layer: Request) -> None:
+    """Refuse an adapter's settings given without the field that turns it on (a single run; in a batch the flags are
+    every line's defaults, and lines without the adapter ignore them)."""
+    for adapter in ADAPTERS:
+        main, *settings = adapter.fields
+        given = [f for f in settings if getattr(layer, f.name) is not None]
+        if given and getattr(layer, main.name) is None:
+            raise UsageError(f"{given[0].flag} needs {main.flag} {main.metavar}")
+
+
+def resolve(flags: Request, replay: Request | None = None, line: Request | None = None, *,
+            mode: str = "txt2img") -> ResolvedRequest:
+    """Merge the layers and validate the result against the preset, the model and the scheduler registry.
+
+    Precedence, lowest first:
+        built-in defaults < preset < replayed metadata < command-line flags (or API arguments) < prompt-file line
+    In a batch the flags are the defaults of every line, so a field a line sets beats the flag (a line can name
+    its own preset, whose defaults then sit below the flags). A field that is None in a layer was not given there
+    and does not override the layers below it.
+    """
+    replay, line = replay or Request(), line or Request()
+    top = {**replay.given(), **flags.given(), **line.given()}  # the layers above the preset, in precedence order
+    if "model" in top:
+        top["model"] = canonical_model(top["model"])
+    preset = _preset(top)
+    merged = {**DEFAULTS.given(), **preset.request().given(), **top}
+    if top.get("model") is None:
+        merged["model"], merged["revision"] = preset.model, top.get("revision", preset.revision)
+    if merged["model"] == preset.model:
+        # Only the preset's own repo is known to carry its variant files; a user's folder rarely does.
+        merged.setdefault("variant", preset.variant)
+    if merged.get("prompt") is None:
+        raise UsageError("a prompt is required")
+
+    info = inspect_model(merged["model"], merged.get("revision"))
+    family = preset.family
+    if info.family and info.family is not family:
+        raise UsageError(
+            f"--model {merged['model']} is a {info.family.name} model but preset {preset.name!r} is for "
+            f"{family.name}; pick a {info.family.name} preset or leave out --preset"
+        )
+    scheduler = resolve_scheduler(merged["scheduler"], family)
+    preset.check_scheduler(scheduler)
+    check_template(merged["name"])
+    width, height, multiple = _size(merged["size"], info, family)
+    run_mode = get_mode(mode)
+    adapters, notes = _adapters(merged, top, ResolveContext(
+        preset=preset, family=family, task=run_mode.task, width=width, height=height, presets_with=_presets_with(family)))
+    if merged.get("guidance") is not None and not family.distilled_guidance:
+        takes = " and ".join(f.label + "'s" for f in FAMILIES.values() if f.distilled_guidance)
+        raise UsageError(f"--guidance is {takes} distilled guidance; {family.name} models use --cfg")
+
+    seed = merged.get("seed")
+    random_seed = seed is None
+    if random_seed:
+        seed = secrets.randbelow(2**32)
+    return ResolvedRequest(
+        prompt=merged["prompt"], negative=merged["negative"], seed=seed, seed_was_random=random_seed,
+        steps=merged["steps"], cfg=merged["cfg"], guidance=merged.get("guidance"), width=width, height=height,
+        scheduler=scheduler, n=merged["n"], batch_size=min(merged["batch_size"], merged["n"]), preset=preset.name,
+        family=family, model=merged["model"], revision=merged.get("revision"), variant=merged.get("variant"),
+        dtype=merged["dtype"], device=merged["device"], out=merged["out"], name=merged["name"],
+        metadata=merged["metadata"], mode=run_mode, multiple=multiple, gpu_dtype=preset.dtype, notes=tuple(notes),
+        adapters=adapters,
+    )
+
+
+def _preset(top: dict):
+    """The preset below the top layers: named, else the default one of the model's family, else the default."""
+    model = top.get("model")
+    if "preset" in top:
+        return load_preset(top["preset"])
+    if model:
+        info = inspect_model(model, top.get("revision"))
+        if info.family is None:
+            raise RunError(not_cached_message(model, top.get("revision")) + " (or name its --preset)")
+        return _family_preset(info.family, model)
+    return load_preset(DEFAULT_PRESET)
+
+
+def _family_preset(family, model: str):
+    try:
+        return load_preset(family.default_preset)
+    except UsageError as exc:
+        raise UsageError(f"--model {model}: no default preset for family {family.name!r} ({exc})") from None
+
+
+def _size(size: tuple[int, int], info, family) -> tuple[int, int, int]:
+    """(width, height, multiple), checked against what the model's configs and the family's pipeline allow."""
+    width, height = size
+    if info.max_side and max(width, height) > info.max_side:
+        raise UsageError(
+            f"--size {width}x{height}: this model's positional embedding allows at most {info.max_side} px a side"
+        )
+    multiple = info.multiple or family.default_multiple
+    if width % multiple or height % multiple:
+        raise UsageError(
+            f"--size {width}x{height}: width and height must be multiples of {multiple} for this model "
+            f"(VAE scale factor x patch size); nearest: {_round(width, multiple)}x{_round(height, multiple)}"
+        )
+    return width, height, multiple
+
+
+def _round(value: int, multiple: int) -> int:
+    return max(multiple, round(value / multiple) * multiple)
+
+
+def _adapters(merged: dict, top: dict, ctx: ResolveContext) -> tuple[tuple, list[str]]:
+    """Each adapter the request uses, resolved (inputs checked, records made); and what the user should be told."""
+    adapters, notes = [], []
+    for adapter in ADAPTERS:
+        spec = adapter.resolve(merged, ctx)
+        if spec is not None:
+            adapters.append((adapter.name, spec))
+            notes.extend(adapter.adjust(spec, merged, top, ctx.family))
+    notes.extend(ctx.family.cfg_notes(merged["cfg"], merged["negative"]))
+    if merged["negative"] and merged["cfg"] <= 1:
+        notes.append(f"--cfg {merged['cfg']:g} turns guidance off, so the negative prompt has no effect; raise --cfg "
+                     f"above 1")
+    return tuple(adapters), notes
+
+
+def _presets_with(family):
+    def names(table: str) -> list[str]:
+        return [p.name for p in list_presets() if p.family is family and p.tables.get(table)]
+
+    return names

@@ -1,0 +1,206 @@
+"""One generation session: the run loop txt2img, batch micro-batches and compare cells share. It loads (or reuses) the
+model, gives a request its pipeline (in-place adapters applied, the family's variant built with from_pipe, so base
+weights are in memory once), swaps the scheduler, makes one pipeline call per micro-batch with one CPU generator per
+image, and builds and writes each image's record."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .adapters import ADAPTERS
+from .errors import OutOfMemory, RunError
+from .metadata import a1111_parameters, build_record, versions
+from .output import Written, pixels_sha256, write_image
+from .schedulers import build_scheduler
+
+_BY_NAME = {adapter.name: adapter for adapter in ADAPTERS}
+
+
+def active(req) -> list[tuple[Any, Any]]:
+    """(adapter, spec) for each adapter the request uses, in registry order."""
+    return [(_BY_NAME[name], spec) for name, spec in req.adapters]
+
+
+@dataclass(frozen=True)
+class Call:
+    """What one pipeline call made: its images, timings, and the scheduler as it ran (some rewrite their config)."""
+
+    images: list
+    timings: dict  # denoise_s (prompt encoding + denoising), decode_s
+    scheduler_config: dict
+    scheduler_class: str
+
+
+class Session:
+    """Loads, calls, records and writes; one per command run (the loaded model itself is kept per process)."""
+
+    def __init__(self, *, device: Callable[[str], str] | None = None):
+        from .loading import resolve_device
+
+        self._device = device or resolve_device  # a batch engine gives each process its own device
+        self.versions = versions()  # library versions, read once per run
+        self.loaded = None
+        self.pipe = None
+
+    def placement(self, req) -> tuple[str, str]:
+        """(device, dtype) for the request: an unavailable device is refused here, before anything loads."""
+        from .loading import resolve_dtype
+
+        device = self._device(req.device)
+        return device, resolve_dtype(req.dtype, device, req.gpu_dtype)
+
+    def load(self, req, progress, *, compile: bool = False):
+        """The pipeline that runs `req`, its model loaded (or reused) and its adapters applied; returns it."""
+        from .loading import load_model
+
+        device, dtype = self.placement(req)
+        with progress.loading(req.model):
+            self.loaded = load_model(req.model, family=req.family, revision=req.revision, variant=req.variant,
+                                     dtype=dtype, device=device)
+            self.pipe = pipeline_for(self.loaded, req)  # the adapters' weights load here
+        if compile and not self.loaded.compiled:
+            _compile(self.loaded)
+        return self.pipe
+
+    def set_scheduler(self, req) -> None:
+        """A fresh scheduler of the request's choice, built from the model's own scheduler config."""
+        self.pipe.scheduler = build_scheduler(req.scheduler, self.loaded.native_scheduler)
+
+    def call(self, reqs: list, seeds: list[int], progress, embeddings: dict | None = None) -> Call:
+        """One pipeline call for a micro-batch of requests sharing a group key; one CPU generator per image, so each
+        depends only on its own seed. `embeddings` (from the family's encode_prompt) replace the prompts."""
+        import torch
+
+        pipe, first = self.pipe, reqs[0]
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+        if hasattr(pipe.scheduler, "noise_sampler_seed"):
+            # DPM++ SDE draws Brownian-tree noise from its own seeds: one per image, like the generators.
+            pipe.scheduler.noise_sampler_seed = list(seeds)
+            pipe.scheduler.noise_sampler = None
+        marks: list[float] = []
+
+        def on_step_end(pipe_, step, _timestep, callback_kwargs):
+            marks.append(time.perf_counter())
+            # Second-order samplers (Heun, DPM2, DPM++ SDE) take more model steps than --steps.
+            progress.step(step + 1, len(pipe_.scheduler.timesteps))
+            return callback_kwargs
+
+        start = time.perf_counter()
+        try:
+            kwargs = call_arguments(reqs, embeddings)
+            with contextlib.ExitStack() as stack:
+                for adapter, spec in active(first):
+                    stack.enter_context(adapter.during_call(pipe, spec, first.family, seeds))
+                output = pipe(**kwargs, generator=generators, output_type="pil", callback_on_step_end=on_step_end)
+        except torch.OutOfMemoryError as exc:
+            raise OutOfMemory(
+                f"out of memory at {first.size} with batch size {len(seeds)}: lower --batch-size or --size"
+            ) from exc
+        end = time.perf_counter()
+        denoise_end = marks[-1] if marks else end
+        return Call(images=list(output.images), timings={"denoise_s": denoise_end - start, "decode_s": end - denoise_end},
+                    scheduler_config=dict(pipe.scheduler.config), scheduler_class=type(pipe.scheduler).__name__)
+
+    def record(self, req, call: Call, *, seed: int, timings: dict, batch: dict) -> dict:
+        """The image's full recipe."""
+        return build_record(req, self.loaded, seed=seed, scheduler_config=call.scheduler_config,
+                            scheduler_class=call.scheduler_class, timings=timings, batch=batch,
+                            lib_versions=self.versions)
+
+
+def call_arguments(reqs: list, embeddings: dict | None = None) -> dict:
+    """The pipeline arguments of one micro-batch: the mode's, each adapter's, then what CFG means for the family."""
+    first = reqs[0]
+    kwargs = first.mode.call_arguments(reqs)
+    for adapter, spec in active(first):
+        kwargs.update(adapter.call_arguments(spec, first.family, first.mode.task))
+    kwargs.update(first.family.guidance_arguments(first.cfg, first.guidance, [r.negative for r in reqs]))
+    if embeddings is not None:
+        kwargs.pop("prompt")
+        kwargs.pop("negative_prompt")
+        kwargs.update(first.family.embeddings_for(embeddings, first.cfg))
+    return kwargs
+
+
+def write(image, out_dir: Path, name: str, record: dict, req) -> Written:
+    """Write an image with its recipe (A1111 chunk, JSON chunk, sidecar) and its adapters' extras (control maps);
+    the record gains the pixel hash if it lacks one. With metadata 'none', only the pixels are written."""
+    record.setdefault("output", {"pixels_sha256": pixels_sha256(image)})
+    full = req.metadata == "full"
+    extras = [extra for adapter, spec in active(req) for extra in adapter.extras(spec)]
+    return write_image(image, out_dir, name, parameters=a1111_parameters(record) if full else None,
+                       record=record if full else None, extras=extras)
+
+
+def pipeline_for(loaded, req):
+    """The pipeline that runs `req`: the loaded one with the request's in-place adapters applied (and others removed),
+    or the family's variant for its mode and adapters, built with `from_pipe`: the same module objects, so the base
+    weights are in memory once whatever mix of requests a run holds."""
+    from .loading import make_invariant
+
+    base = loaded.pipe
+    if _apply_in_place(loaded, req):
+        loaded.derived.clear()  # built with the components the change replaced
+        make_invariant(base, loaded.device)
+    shaping = [(adapter, spec) for adapter, spec in active(req) if adapter.variant]
+    variant = shaping[0][0].variant if shaping else None
+    cls = req.family.pipeline_class(req.mode.task, variant)
+    if cls == req.family.pipeline_class() and not shaping:
+        return base
+    key = (cls, tuple(adapter.key(spec) for adapter, spec in shaping))
+    if key not in loaded.derived:
+        import warnings
+
+        import diffusers
+
+        components = {}
+        for adapter, spec in shaping:
+            components.update(adapter.components(spec, loaded))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pipe = getattr(diffusers, cls).from_pipe(base, **components)
+        pipe.set_progress_bar_config(disable=True)
+        make_invariant(pipe, loaded.device)
+        loaded.derived.clear()  # one variant pipeline at a time (the adapters' weights stay cached)
+        loaded.derived[key] = pipe
+    return loaded.derived[key]
+
+
+def _apply_in_place(loaded, req) -> bool:
+    """Apply, update or remove each in-place adapter so the base pipeline matches the request; True if it changed."""
+    specs = dict(req.adapters)
+    changed = False
+    for adapter in ADAPTERS:
+        if not adapter.in_place:
+            continue
+        spec = specs.get(adapter.name)
+        wanted = adapter.key(spec) if spec is not None else None
+        current = loaded.applied.get(adapter.name)
+        if current == wanted:
+            if spec is not None:
+                adapter.update(loaded.pipe, spec)
+            continue
+        if current is not None:
+            adapter.remove(loaded.pipe, loaded)
+            del loaded.applied[adapter.name]
+        if spec is not None:
+            adapter.apply(loaded.pipe, spec, loaded)
+            loaded.applied[adapter.name] = wanted
+        changed = True
+    return changed
+
+
+def _compile(loaded) -> None:
+    """torch.compile the family's denoiser (batch --compile); IMAGEGEN_COMPILE_MODE / _BACKEND choose how."""
+    import os
+
+    denoiser = getattr(loaded.pipe, loaded.family.denoiser, None)
+    if denoiser is None:
+        raise RunError("--compile: this pipeline has no denoiser to compile")
+    denoiser.compile(mode=os.environ.get("IMAGEGEN_COMPILE_MODE") or None,
+                     backend=os.environ.get("IMAGEGEN_COMPILE_BACKEND", "inductor"))
+    loaded.compiled = True
