@@ -40,9 +40,10 @@ def local_path(model: str) -> Path:
 def read_json(path: str | Path) -> dict | None:
     """The JSON in a file, or None if it is missing or unreadable."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    return data if isinstance(data, dict) else None
 
 
 def cached_file(repo: str, filename: str, revision: str | None, *, network: bool = False) -> Path | None:

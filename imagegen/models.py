@@ -67,7 +67,9 @@ def inspect_model(model: str, revision: str | None = None) -> ModelInfo:
     read = _config_reader(model, revision)
     index = read("model_index.json")
     if index is None:
-        return ModelInfo(model=model, local=is_local(model))
+        if is_local(model):
+            raise UsageError(f"--model {model}: its model_index.json is not a readable JSON object")
+        return ModelInfo(model=model)
     pipeline_class = index.get("_class_name")
     family = family_of_pipeline(pipeline_class)
     if family is None:

@@ -48,7 +48,8 @@ def replay_layer(record: dict, where: str) -> Request:
     """The recorded recipe as the 'replayed metadata' layer; a preset no longer on this machine falls back to its family's."""
     layer = record_to_request(record, where)
     if layer.preset and layer.preset not in preset_files():
-        family = FAMILIES.get(record["model"].get("family"))
+        name = record["model"].get("family")
+        family = FAMILIES.get(name) if isinstance(name, str) else None
         layer = Request(**{**layer.given(), "preset": family.default_preset if family else layer.preset})
     return layer
 

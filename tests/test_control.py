@@ -281,6 +281,25 @@ def test_family_capabilities_are_checked_before_loading(cli, no_loading, tiny_mo
     assert result.code == 2 and "the sd3 presets with one: sd3.5-large" in result.err
 
 
+def test_nets_with_a_foreign_or_broken_config_are_refused(cli, no_loading, tiny_guides, inputs, tmp_path):
+    """A UNet net without SDXL's size-and-crop embedding (an SD 1.x net) cannot steer SDXL; a config.json that is not
+    a JSON object is one line, not a traceback."""
+    import shutil
+
+    for name, edit in (("sd1-net", lambda c: {**c, "addition_embed_type": None}), ("array-net", lambda c: [c])):
+        net = tmp_path / name
+        shutil.copytree(tiny_guides["sdxl"]["cn"], net)
+        config = json.loads((net / "config.json").read_text())
+        (net / "config.json").write_text(json.dumps(edit(config)))
+        result = cli("txt2img", "x", "--preset", "demo", "--control", f"canny:{inputs / 'building.jpg'}",
+                     "--controlnet-model", net)
+        assert result.code == 2 and result.err.count("\n") == 1, result.err
+        if name == "sd1-net":
+            assert "cannot steer a sdxl model" in result.err or "is not a ControlNet imagegen runs" in result.err
+        else:
+            assert "config.json is not readable JSON" in result.err
+
+
 def test_pickle_adapters_and_nets_are_refused(cli, no_loading, tiny_guides, inputs, tmp_path):
     import shutil
 

@@ -113,6 +113,19 @@ def test_model_folder_errors(tmp_path):
         resolve(Request(prompt="p", model=str(tmp_path / "other")))
 
 
+def test_hostile_model_folders_are_one_line(tmp_path):
+    """A model_index.json naming its pipeline with a list, or holding no JSON object, is refused, not a traceback."""
+    (tmp_path / "listed").mkdir()
+    (tmp_path / "listed" / "model_index.json").write_text('{"_class_name": ["StableDiffusionXLPipeline"]}')
+    with pytest.raises(UsageError, match=r"pipeline \['StableDiffusionXLPipeline'\] is not supported"):
+        resolve(Request(prompt="p", model=str(tmp_path / "listed")))
+    for name, text in (("array", "[1, 2]"), ("broken", "{not json")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model_index.json").write_text(text)
+        with pytest.raises(UsageError, match="its model_index.json is not a readable JSON object"):
+            resolve(Request(prompt="p", model=str(tmp_path / name)))
+
+
 def fake_model(root, class_name, vae_blocks, transformer=None):
     import json
 

@@ -177,9 +177,12 @@ def _net_config(model: str, revision: str | None) -> dict | None:
         if path is None:  # not cached yet: loading downloads it, or explains why it cannot
             return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        raise UsageError(f"--controlnet-model {model}: its config.json is not readable JSON") from None
+        config = None
+    if not isinstance(config, dict):
+        raise UsageError(f"--controlnet-model {model}: its config.json is not readable JSON")
+    return config
 
 
 @lru_cache(maxsize=64)

@@ -33,6 +33,8 @@ def get_family(name: str, *, where: str = "family") -> Family:
 
 def family_of_pipeline(class_name) -> Family | None:
     """The family whose model folders declare this pipeline class in model_index.json."""
+    if not isinstance(class_name, str):  # a hostile or broken model_index.json
+        return None
     return next((f for f in FAMILIES.values() if class_name in f.declared_by()), None)
 
 

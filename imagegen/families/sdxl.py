@@ -20,6 +20,7 @@ class SDXL(Family):
     pipeline_multiple = 8  # StableDiffusionXLPipeline.check_inputs
     default_preset = "sdxl"
     controlnet_class = "ControlNetModel"
+    controlnet_signature = {"addition_embed_type": "text_time"}  # SDXL's UNet conditions on size and crop
     # The txt2img ControlNet pipeline takes the map as `image`; its img2img and inpaint ones take the init image
     # there and the map as `control_image`.
     control_map_arguments = {"text2image": "image"}
