@@ -576,3 +576,38 @@ def test_two_processes_under_accelerate_split_the_jobs_and_share_the_resume(tiny
 
     again = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True)  # one process resumes
     assert again.returncode == 0 and json.loads(again.stdout)["skipped"] == 5
+
+
+def test_the_engine_is_chosen_by_flag_then_environment_then_launcher(monkeypatch):
+    from imagegen.batch import engine_name
+    from imagegen.errors import UsageError
+
+    monkeypatch.delenv("IMAGEGEN_ENGINE", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert engine_name() == "local"
+    monkeypatch.setenv("WORLD_SIZE", "2")  # started by accelerate launch or torchrun
+    assert engine_name() == "accelerate" and engine_name("auto") == "accelerate"
+    monkeypatch.setenv("IMAGEGEN_ENGINE", "local")
+    assert engine_name() == "local" and engine_name("accelerate") == "accelerate"
+    monkeypatch.setenv("IMAGEGEN_ENGINE", "ray")
+    with pytest.raises(UsageError, match="IMAGEGEN_ENGINE ray: unknown engine; choose auto, local, accelerate"):
+        engine_name()
+
+
+def test_an_unknown_engine_is_one_line_before_loading(cli, tmp_path, monkeypatch):
+    import imagegen.loading
+
+    monkeypatch.setattr(imagegen.loading, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    f = write(tmp_path / "p.txt", "a fox\n")
+    result = cli("batch", f, "--preset", "demo", "--engine", "acelerate", "--out", tmp_path / "run")
+    assert result.code == 2 and result.err.count("\n") == 1
+    assert "--engine acelerate: unknown engine (did you mean 'accelerate'?); choose auto, local, accelerate" in result.err
+
+
+@pytest.mark.slow
+def test_the_local_engine_by_name(cli, tiny_models, tmp_path):
+    f = write(tmp_path / "p.txt", "one\ntwo\n")
+    code, summary, err = run_batch_json(cli, f, "--model", tiny_models["sdxl"], "--steps", "1", "--engine", "local",
+                                        "--out", tmp_path / "run", "--seed", "1")
+    assert code == 0, err
+    assert summary["done"] == 2 and summary["process"] == {"rank": 0, "world": 1}

@@ -1,8 +1,8 @@
 """Batch engines: how the pending images of a batch are spread over processes. Planning, seeds, the manifest and the
 writer do not know which engine runs; an engine only shares out work, synchronises, and places each process.
 
-The engine is chosen automatically: `accelerate` when the process was started by `accelerate launch` or torchrun
-(WORLD_SIZE > 1), else `local`."""
+The engine is chosen in this order: the --engine flag, then IMAGEGEN_ENGINE, then auto: `accelerate` when the process
+was started by `accelerate launch` or torchrun (WORLD_SIZE > 1), else `local`."""
 
 from __future__ import annotations
 
@@ -74,12 +74,18 @@ class AccelerateEngine(Engine):
 ENGINES: dict[str, type[Engine]] = {"local": Engine, "accelerate": AccelerateEngine}
 
 
-def get_engine(name: str | None = None) -> Engine:
-    """The engine called `name`, else auto (accelerate under a multi-process launcher, else local)."""
-    name = (name or "auto").strip().lower()
-    if name == "auto":
-        name = "accelerate" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "local"
-    if name not in ENGINES:
-        raise UsageError(f"--engine {name}: unknown engine{closest(name, ENGINES)}; choose auto, "
+def engine_name(name: str | None = None) -> str:
+    """Which engine runs: --engine, else IMAGEGEN_ENGINE, else auto (accelerate under a multi-process launcher)."""
+    flag = "--engine" if name else "IMAGEGEN_ENGINE"
+    chosen = (name or os.environ.get("IMAGEGEN_ENGINE") or "auto").strip().lower()
+    if chosen == "auto":
+        return "accelerate" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "local"
+    if chosen not in ENGINES:
+        raise UsageError(f"{flag} {chosen}: unknown engine{closest(chosen, ENGINES)}; choose auto, "
                          f"{', '.join(ENGINES)}")
-    return ENGINES[name]()
+    return chosen
+
+
+def get_engine(name: str | None = None) -> Engine:
+    """The engine that runs this process's part of a batch (see engine_name for the order of choice)."""
+    return ENGINES[engine_name(name)]()

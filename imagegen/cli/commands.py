@@ -65,6 +65,7 @@ def batch(
     restart: Annotated[bool, typer.Option("--restart", help="Start over in a new folder (OUT-2, OUT-3, ...) instead of resuming; nothing is overwritten.")] = False,
     fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failed job (default: record it and go on; exit code 3).")] = False,
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the denoiser: pays off on long runs; the warm-up time is reported.")] = False,
+    engine: Annotated[Optional[str], typer.Option("--engine", help="Where the images are made: local (this process), accelerate (the processes of `accelerate launch`), or auto (the default: accelerate under a multi-process launcher, else local; IMAGEGEN_ENGINE overrides auto).")] = None,
     quiet: Quiet = False, json_: Json = False, debug: Debug = False, **fields,
 ) -> None:
     """Generate every prompt of a file: validated first, resumable, crash-safe (flags are every line's defaults)."""
@@ -84,7 +85,7 @@ def batch(
             size_arg = PARSERS["batch_size"](size_arg)
         except ValueError as exc:
             raise UsageError(f"--batch-size: {exc}, or auto") from None
-    runner = get_engine()
+    runner = get_engine(engine)
     plan = prepare(file, flags(fields), base_seed=base_seed, fmt=format_, expand=expand, skip_invalid=skip_invalid,
                    restart=restart, engine=runner)
     result = run_batch(plan, batch_size=size_arg, fail_fast=fail_fast, compile=compile_,
