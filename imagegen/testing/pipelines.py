@@ -3,6 +3,8 @@ never import this; tests and benchmarks build through `build_tiny`).
 
 Size rules for the tiny pipelines (their VAEs have 4 blocks, so vae_scale_factor = 2 ** 3 = 8, as in the real
 models; checked on diffusers 0.42.1):
+  SD 1.5: like SDXL, a multiple of 8. Default size 64x64. `build_tiny("sd15", DIR, v_prediction=True)` makes an
+        SD 2.x-style v-prediction one.
   SDXL: height/width must be a multiple of 8 (vae_scale_factor); the pipeline raises otherwise. Odd latent
         sides (e.g. 72 px -> 9) work: the UNet pads its upsampling. Default size 64x64 (unet sample_size 8 * 8).
   SD3:  multiple of 16 (vae_scale_factor 8 * transformer patch_size 2); the pipeline raises otherwise.
@@ -41,6 +43,20 @@ _SDXL_SCHEDULER_CONFIG: dict[str, Any] = {
     "timestep_spacing": "leading",
     "trained_betas": None,
     "use_karras_sigmas": False,
+}
+
+# stable-diffusion-v1-5/stable-diffusion-v1-5 scheduler/scheduler_config.json (PNDM, epsilon).
+_SD15_SCHEDULER_CONFIG: dict[str, Any] = {
+    "_class_name": "PNDMScheduler",
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "clip_sample": False,
+    "num_train_timesteps": 1000,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "trained_betas": None,
 }
 
 # stabilityai/stable-diffusion-3-medium-diffusers scheduler config.
@@ -146,6 +162,37 @@ def _tiny_sdxl(seed: int) -> Any:
         scheduler=scheduler,
     )
     return pipe
+
+
+@tiny("sd15")
+def _tiny_sd15(seed: int, v_prediction: bool = False) -> Any:
+    from diffusers import PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    vocab = _clip_vocab()
+    _seed(seed, 0)
+    unet = UNet2DConditionModel(
+        sample_size=8,  # default size 8 * 8 = 64 px
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        norm_num_groups=8,
+        attention_head_dim=(2, 4),
+        cross_attention_dim=32,  # real: 768 (CLIP ViT-L/14)
+    )
+    _seed(seed, 1)
+    vae = _vae(latent_channels=4, scaling_factor=0.18215, shift_factor=None, quant_conv=True)
+    _seed(seed, 2)
+    text_encoder = CLIPTextModel(clip_text_config(vocab, 32, 32))
+    prediction = "v_prediction" if v_prediction else "epsilon"
+    return StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=_clip_tokenizer(), unet=unet,
+        scheduler=PNDMScheduler.from_config({**_SD15_SCHEDULER_CONFIG, "prediction_type": prediction}),
+        safety_checker=None, feature_extractor=None, image_encoder=None, requires_safety_checker=False,
+    )
 
 
 @tiny("sd3")
