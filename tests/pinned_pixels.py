@@ -12,10 +12,11 @@ import numpy as np
 from PIL import Image
 
 from imagegen.cli import main
-from imagegen.testing import build_tiny_controlnet, build_tiny_flux, build_tiny_ip_adapter, build_tiny_sd3, build_tiny_sdxl
+from imagegen.testing import build_tiny, build_tiny_controlnet, build_tiny_flux, build_tiny_ip_adapter, build_tiny_sd3, build_tiny_sdxl
 
 root = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="imagegen-pinned-"))
 models = {"sdxl": build_tiny_sdxl(root / "sdxl"), "sd3": build_tiny_sd3(root / "sd3"), "flux": build_tiny_flux(root / "flux")}
+models["sd15"] = build_tiny("sd15", root / "sd15")  # pinned after the architecture change, with the family
 rng = np.random.default_rng(0)
 Image.fromarray((rng.random((48, 80, 3)) * 255).astype("uint8")).save(root / "input.png")
 nets = {f: build_tiny_controlnet(root / f"cn-{f}", f) for f in ("sdxl", "sd3")}
@@ -25,6 +26,8 @@ CASES = {
              "--size", "64x48"],
     "sd3": ["--model", models["sd3"], "-s", "Euler", "--steps", "3", "--cfg", "4", "--size", "64x64"],
     "flux": ["--model", models["flux"], "--steps", "2", "--size", "64x64"],
+    "sd15": ["--model", models["sd15"], "-s", "Euler a", "--steps", "3", "--cfg", "5", "--negative", "blurry",
+             "--size", "64x64"],
     "sdxl-controlnet": ["--model", models["sdxl"], "--steps", "2", "--size", "64x64", "--control",
                         f"canny:{root / 'input.png'}", "--controlnet-model", nets["sdxl"]],
     "sd3-controlnet": ["--model", models["sd3"], "--steps", "2", "--size", "64x64", "--control",
