@@ -9,6 +9,7 @@ from typing import Any
 from .errors import UsageError
 from .families import FAMILIES, family_of_pipeline
 from .hub import BUILTIN, cached_file, is_local, local_path, read_json
+from .presets import preset_files
 
 
 @dataclass(frozen=True)
@@ -39,8 +40,6 @@ def canonical_model(model: str) -> str:
 
 
 def _preset_exists(name: str) -> bool:
-    from .presets import preset_files
-
     return name in preset_files()
 
 

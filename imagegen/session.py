@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from .adapters import ADAPTERS
 from .errors import OutOfMemory, RunError
+from .loading import make_invariant
 from .metadata import a1111_parameters, build_record, versions
 from .output import Written, pixels_sha256, write_image
 from .schedulers import build_scheduler
@@ -55,7 +56,7 @@ class Session:
 
     def load(self, req, progress, *, compile: bool = False):
         """The pipeline that runs `req`, its model loaded (or reused) and its adapters applied; returns it."""
-        from .loading import load_model
+        from .loading import load_model  # looked up per call, so a test can stand in for the loader
 
         device, dtype = self.placement(req)
         with progress.loading(req.model):
@@ -140,8 +141,6 @@ def pipeline_for(loaded, req):
     """The pipeline that runs `req`: the loaded one with the request's in-place adapters applied (and others removed),
     or the family's variant for its mode and adapters, built with `from_pipe`: the same module objects, so the base
     weights are in memory once whatever mix of requests a run holds."""
-    from .loading import make_invariant
-
     base = loaded.pipe
     if _apply_in_place(loaded, req):
         loaded.derived.clear()  # built with the components the change replaced

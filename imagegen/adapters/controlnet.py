@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import UsageError, closest
+from ..families import FAMILIES
 from ..fields import Field, integer, names, numbers
 from ..hub import cached_file, canonical_weights, load_error, resolved_revision, split_revision
 from ..inputs import InputImage, check_image, fit, load_rgb
@@ -188,8 +189,6 @@ def _net_config(model: str, revision: str | None) -> dict | None:
 @lru_cache(maxsize=64)
 def check_net(model: str, revision: str | None, family) -> None:
     """Refuse a net of another family (or kind) before any weights load."""
-    from ..families import FAMILIES
-
     config = _net_config(model, revision)
     if config is None or family.owns_controlnet(config):
         return

@@ -11,7 +11,7 @@ import time
 
 from ..errors import ImagegenError, Interrupted, OutOfMemory
 from ..progress import NullBatchProgress
-from ..session import Session, write
+from ..session import Session, active, write
 from ..writer import BackgroundWriter
 from .engines import Engine, get_engine
 from .manifest import ManifestWriter
@@ -124,8 +124,6 @@ def _resume(plan: BatchPlan, engine: Engine, manifest: ManifestWriter, result: B
 def _groups(pending: list[PlannedImage]) -> list[list[PlannedImage]]:
     """Pending images grouped by group key, each in file order: by model, then by the adapters' weights, so each is
     loaded (or swapped in) as few times as possible."""
-    from ..session import active
-
     groups: dict[tuple, list[PlannedImage]] = {}
     for item in pending:
         groups.setdefault(item.req.group_key(), []).append(item)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..output import slug
 from ..progress import NullBatchProgress
 from ..session import Session, write
 from ..writer import BackgroundWriter
@@ -137,6 +138,4 @@ class _StepCounter:
 
 
 def _slug_value(value) -> str:
-    from ..output import slug
-
     return slug(fmt(value).replace(".", "p"), 32)
