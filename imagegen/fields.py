@@ -38,6 +38,11 @@ class Field:
     json_words: str | None = None  # how the JSON types are named in an error
     literals: tuple = ()  # JSON values accepted besides the types ("random" for a seed)
     preset: bool = False  # a preset's [defaults] table may set it
+    items: tuple[type, ...] = ()  # the JSON types of a list's elements; default: the field's non-list types
+
+    @property
+    def item_types(self) -> tuple[type, ...]:
+        return self.items or tuple(t for t in self.json if t is not list)
 
     @property
     def flag(self) -> str:
@@ -125,6 +130,8 @@ def numbers(lo: float, hi: float) -> Callable[[Any], tuple[float, ...]]:
 def text(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError(f"must be a string, got {value!r}")
+    if "\x00" in value:  # PNG text chunks (and file systems) cannot hold it
+        raise ValueError("must not contain a NUL character (\\x00)")
     return value
 
 
@@ -205,7 +212,7 @@ CORE_FIELDS: tuple[Field, ...] = (
           hashed=("guidance",), call=("guidance",), metavar="FLOAT", preset=True),
     Field("size", parse_size, (str, list), "Image size, e.g. 1024x768; a multiple of the model's VAE scale x patch size.",
           replay=lambda r: (r.get("width"), r.get("height")), hashed=("width", "height"), call=("width", "height"),
-          metavar="WxH", json_words='"WxH" or [w, h]', preset=True),
+          metavar="WxH", json_words='"WxH" or [w, h]', preset=True, items=(int,)),
     Field("scheduler", name, (str,), "Scheduler by A1111 ('DPM++ 2M Karras'), ComfyUI ('dpmpp_2m karras'), slug or "
           "diffusers class name; see `imagegen schedulers`.", replay="scheduler.name", hashed=("scheduler",),
           call=("scheduler",), flags=("--scheduler", "-s"), preset=True),

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .output import next_index, pixels_sha256
+from .output import check_inside, check_out_dir, next_index, pixels_sha256
 from .progress import NullProgress, Progress
 from .request import Request, ResolvedRequest
 from .resolve import resolve
@@ -75,6 +75,11 @@ def generate(prompt: str | None = None, *, progress: Progress | None = None, sav
 def run(req: ResolvedRequest, *, progress: Progress | None = None, save: bool = True) -> GenerationResult:
     """Load (or reuse) the model, generate req.n images in micro-batches, and write each as soon as it exists."""
     progress = progress or NullProgress()
+    out_dir = Path(req.out).expanduser()
+    first_index = next_index(out_dir) if save else 0
+    if save:  # everything that can fail without weights fails before they load, and before any note
+        check_out_dir(out_dir)
+        check_inside(out_dir, req.file_name(first_index, req.seed))
     session = Session()
     session.placement(req)  # an unavailable device is refused before any note
     if req.seed_was_random:
@@ -85,8 +90,6 @@ def run(req: ResolvedRequest, *, progress: Progress | None = None, save: bool = 
     session.load(req, progress)
     load_s = time.perf_counter() - started  # near 0 when the pipeline was already loaded in this process
     session.set_scheduler(req)
-    out_dir = Path(req.out).expanduser()
-    first_index = next_index(out_dir) if save else 0
     totals = {"load_s": load_s, "denoise_s": 0.0, "decode_s": 0.0, "save_s": 0.0}
     results: list[ImageResult] = []
     progress.start(total=req.n, steps=req.steps)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -44,7 +45,7 @@ def check_image(path: str, *, label: str) -> InputImage:
 @lru_cache(maxsize=4096)
 def _checked(path: str, size: int, mtime_ns: int, label: str) -> InputImage:
     """Cached by path, size and modification time: a batch naming one map on 5,000 lines reads it once."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
         data = Path(path).read_bytes()
@@ -56,9 +57,19 @@ def _checked(path: str, size: int, mtime_ns: int, label: str) -> InputImage:
         with Image.open(io.BytesIO(data)) as im:
             im.load()  # decode fully: a truncated file fails here, not halfway through a batch
             width, height = im.size
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise UsageError(f"{label}: not a readable image ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - PIL's decoders raise many types (SyntaxError, struct.error, ...)
+        raise UsageError(f"{label}: {image_problem(exc)}") from None
     return InputImage(path=path, sha256=hashlib.sha256(data).hexdigest(), width=width, height=height)
+
+
+def image_problem(exc: Exception) -> str:
+    """Why PIL could not read an image, without its internals (a BytesIO's repr, a decoder's class)."""
+    from PIL import UnidentifiedImageError
+
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image file PIL can read (PNG, JPEG, WebP, BMP, TIFF, ...)"
+    text = re.sub(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>", "", " ".join(str(exc).split())) or type(exc).__name__
+    return f"not a readable image ({text})"
 
 
 def load_rgb(image: InputImage):

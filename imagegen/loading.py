@@ -101,13 +101,14 @@ def make_invariant(pipe, device: str) -> None:
 
 
 def quiet_libraries() -> None:
-    """Silence diffusers' and transformers' own bars and warnings: imagegen reports progress and errors itself."""
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    """Silence diffusers' and transformers' own bars and log lines, errors included: imagegen turns their exceptions
+    into its one-line errors, and a logged error before that would be a second line."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "critical")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "critical")
     import diffusers
     import transformers
 
-    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.set_verbosity(diffusers.utils.logging.CRITICAL)
     diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.set_verbosity(transformers.utils.logging.CRITICAL)
     transformers.utils.logging.disable_progress_bar()

@@ -21,6 +21,7 @@ class ModelInfo:
     pipeline_class: str | None = None
     multiple: int | None = None  # width and height must be multiples of this
     max_side: int | None = None  # e.g. SD3's positional embedding caps the image side
+    guidance_embeds: bool | None = None  # the denoiser takes --guidance (None: unknown, configs not readable)
     local: bool = False
 
 
@@ -77,4 +78,4 @@ def inspect_model(model: str, revision: str | None = None) -> ModelInfo:
                          f"{', '.join(known)}")
     multiple, max_side = family.size_rule(read)
     return ModelInfo(model=model, family=family, pipeline_class=pipeline_class, multiple=multiple,
-                     max_side=max_side, local=is_local(model))
+                     max_side=max_side, guidance_embeds=family.guidance_embedded(read), local=is_local(model))

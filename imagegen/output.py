@@ -28,10 +28,20 @@ PLACEHOLDERS = {
     "model": "the model's last path component",
     "date": "today as YYYYMMDD",
 }
-_SAMPLE = {
-    "index": 1, "seed": 1, "prompt": "p", "preset": "p", "scheduler": "s", "steps": 1, "cfg": 1.0,
-    "width": 1, "height": 1, "model": "m", "date": "20000101",
+# Each placeholder rendered at both ends of its range: a template renders with both before any weights load, so a
+# spec that only fails for some values ({index:c} is NUL at 0, {seed:c} overflows) is refused up front, not after
+# an image was made. The text placeholders are slugs of at most 48 characters.
+_LOW = {
+    "index": 0, "seed": 0, "prompt": "x", "preset": "x", "scheduler": "x", "steps": 1, "cfg": "0",
+    "width": 16, "height": 16, "model": "x", "date": "20000101",
 }
+_HIGH = {
+    "index": 10**12, "seed": 2**63 - 1, "prompt": "x" * 48, "preset": "x" * 48, "scheduler": "x" * 48, "steps": 1000,
+    "cfg": "0.0001", "width": 16384, "height": 16384, "model": "x" * 48, "date": "99991231",
+}
+# A file name may take 255 bytes on common file systems; keep room for "-9999", ".control-99" and ".json".
+NAME_BYTES = 255 - 32
+_WIDE = re.compile(r"\d{4,}|[3-9]\d\d|2[6-9]\d|25[6-9]")  # a width or precision over 255 in a format spec
 
 
 def slug(text: str, limit: int = 48) -> str:
@@ -41,22 +51,25 @@ def slug(text: str, limit: int = 48) -> str:
 
 
 def check_template(template: str) -> None:
-    """Refuse unknown placeholders, bad format specs and names that would leave the output folder."""
+    """Refuse unknown placeholders, bad format specs and names that would leave the output folder, or that some seed
+    or index could not turn into a file name."""
     try:
-        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+        parts = [(f, spec) for _, f, spec, _ in string.Formatter().parse(template) if f is not None]
     except ValueError as exc:
         raise UsageError(f"--name {template!r}: {exc}") from None
-    for name in fields:
+    for name, spec in parts:
         if name not in PLACEHOLDERS:
             raise UsageError(
                 f"--name {template!r}: unknown placeholder {{{name}}}; valid: "
                 + ", ".join("{" + p + "}" for p in PLACEHOLDERS)
             )
-    try:
-        rendered = template.format(**_SAMPLE)
-    except (ValueError, KeyError, IndexError) as exc:
-        raise UsageError(f"--name {template!r}: {exc}") from None
-    _check_relative(rendered, template)
+        if "{" in (spec or ""):
+            raise UsageError(f"--name {template!r}: a placeholder inside a format spec is not supported")
+        if _WIDE.search(spec or ""):
+            raise UsageError(f"--name {template!r}: format spec {{{name}:{spec}}} is wider than a file name "
+                             f"({NAME_BYTES} bytes)")
+    for sample in (_LOW, _HIGH):
+        render_name(template, sample)
 
 
 def _check_relative(rendered: str, template: str) -> None:
@@ -67,6 +80,41 @@ def _check_relative(rendered: str, template: str) -> None:
         or any(p in ("..", ".", "") for p in parts)
     ):
         raise UsageError(f"--name {template!r}: the name must stay inside --out (no absolute path, '..' or empty part)")
+    if bad := next((c for c in rendered if ord(c) < 32 or ord(c) == 127), None):
+        raise UsageError(f"--name {template!r}: makes a file name holding control character {bad!r}")
+    if long := next((p for p in parts if len(p.encode()) > NAME_BYTES), None):
+        raise UsageError(f"--name {template!r}: makes a file name of {len(long.encode())} bytes; at most "
+                         f"{NAME_BYTES} are allowed")
+
+
+def check_out_dir(out_dir: Path, label: str = "--out") -> None:
+    """Refuse an output folder that is a file or cannot be written (read-only, no permission), before any model
+    loads; nothing is created here."""
+    existing = out_dir
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "is a file, not a folder" if existing == out_dir else f"{existing} is a file, not a folder"
+        raise UsageError(f"{label} {out_dir}: {what}")
+    try:
+        read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # no statvfs (Windows): the access check below still runs
+        read_only = False
+    if read_only or not os.access(existing, os.W_OK | os.X_OK):
+        why = "a read-only file system" if read_only else "no permission to write"
+        raise UsageError(f"{label} {out_dir}: cannot write there ({why} at {existing})")
+
+
+def check_inside(out_dir: Path, name: str) -> Path:
+    """The folder `name` lands in, refused when a symbolic link on the way leads out of out_dir (names are already
+    free of '..' and absolute parts; links are the remaining way out)."""
+    root = out_dir.resolve()
+    folder = (out_dir / name).parent
+    real = folder.resolve()  # follows every link that exists so far; the parts still to create are kept as named
+    if real != root and root not in real.parents:
+        raise UsageError(f"--name {name!r}: {folder} leads out of {out_dir} through a symbolic link; "
+                         f"imagegen writes only inside --out")
+    return folder
 
 
 def next_index(out_dir: Path) -> int:
@@ -81,17 +129,21 @@ def next_index(out_dir: Path) -> int:
 
 def first_free(path: Path, numbered, *, limit: int = 10_000) -> Path:
     """`path` if nothing is there, else the first free `numbered(n)` for n = 2, 3, ...: nothing is ever replaced."""
-    if not path.exists():
+    if not os.path.lexists(path):  # a dangling link counts as taken: writing through it would land outside
         return path
     for number in range(2, limit):
         candidate = numbered(number)
-        if not candidate.exists():
+        if not os.path.lexists(candidate):
             return candidate
     raise RunError(f"{path}: no free name after {limit} tries")
 
 
 def render_name(template: str, values: dict) -> str:
-    name = template.format(**values)
+    """The file name a template makes from these values, or a one-line UsageError."""
+    try:
+        name = template.format(**values)
+    except (ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
+        raise UsageError(f"--name {template!r}: {exc}") from None
     _check_relative(name, template)
     return name
 
@@ -125,8 +177,21 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def file_mode() -> int:
+    """What open() gives a new file under the process umask: 0644 under umask 022."""
+    try:  # Linux states it; reading it this way leaves the umask alone for the writer thread
+        with open("/proc/self/status", encoding="ascii") as status:
+            mask = next(int(line.split()[1], 8) for line in status if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0)  # elsewhere the only way to read it is to set it; put it straight back
+        os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _temp_with(folder: Path, data: bytes, suffix: str) -> Path:
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".imagegen-", suffix=suffix + ".tmp")
+    if hasattr(os, "fchmod"):
+        os.fchmod(fd, file_mode())  # mkstemp makes 0600 files; outputs follow the umask like any other CLI's
     with os.fdopen(fd, "wb") as f:
         f.write(data)
         f.flush()
@@ -141,7 +206,7 @@ def _place(tmp: Path, final: Path) -> bool:
     except FileExistsError:
         return False
     except OSError:  # a filesystem without hard links: check, then rename
-        if final.exists():
+        if os.path.lexists(final):
             return False
         os.replace(tmp, final)
         return True
@@ -159,8 +224,12 @@ def sidecar_data(record: dict, png_name: str, sha256: str, *, save_s: float | No
 
 def write_new(path: Path, data: dict) -> None:
     """Write a JSON file atomically, refusing to replace one that exists."""
-    text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-    tmp = _temp_with(path.parent, text.encode(), ".json")
+    write_new_bytes(path, (json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode())
+
+
+def write_new_bytes(path: Path, data: bytes) -> None:
+    """Write a file atomically, refusing to replace anything at that name (a file, or a link that would lead out)."""
+    tmp = _temp_with(path.parent, data, path.suffix)
     try:
         if not _place(tmp, path):
             raise RunError(f"{path}: appeared while writing; not overwritten")
@@ -184,9 +253,10 @@ def write_image(image, out_dir: Path, name: str, *, parameters: str | None, reco
 
     start = time.perf_counter()
     target = out_dir / name
-    folder = target.parent
+    folder = check_inside(out_dir, name)
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        check_inside(out_dir, name)  # a link swapped in while the folders were made
         info = None
         if record is not None:
             info = PngInfo()
@@ -202,7 +272,7 @@ def write_image(image, out_dir: Path, name: str, *, parameters: str | None, reco
             for attempt in range(10_000):
                 stem = target.name if attempt == 0 else f"{target.name}-{attempt}"
                 png, sidecar = folder / f"{stem}.png", folder / f"{stem}.json"
-                if record is not None and sidecar.exists():
+                if record is not None and os.path.lexists(sidecar):
                     continue
                 if _place(tmp, png):
                     break

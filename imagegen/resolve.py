@@ -65,9 +65,8 @@ def resolve(flags: Request, replay: Request | None = None, line: Request | None 
     run_mode = get_mode(mode)
     adapters, notes = _adapters(merged, top, ResolveContext(
         preset=preset, family=family, task=run_mode.task, width=width, height=height, presets_with=_presets_with(family)))
-    if merged.get("guidance") is not None and not family.distilled_guidance:
-        takes = " and ".join(f.label + "'s" for f in FAMILIES.values() if f.distilled_guidance)
-        raise UsageError(f"--guidance is {takes} distilled guidance; {family.name} models use --cfg")
+    _check_guidance(merged, top, info, family, notes)
+    _check_revision(merged, top, info)
 
     seed = merged.get("seed")
     random_seed = seed is None
@@ -82,6 +81,30 @@ def resolve(flags: Request, replay: Request | None = None, line: Request | None 
         metadata=merged["metadata"], mode=run_mode, multiple=multiple, gpu_dtype=preset.dtype, notes=tuple(notes),
         adapters=adapters,
     )
+
+
+def _check_guidance(merged: dict, top: dict, info, family, notes: list[str]) -> None:
+    """--guidance only where the model has a guidance embedding; a preset's value a model ignores is dropped (and so
+    left out of the record) with a note, a given one is refused: an ignored setting is never recorded as used."""
+    if merged.get("guidance") is None:
+        return
+    if not family.distilled_guidance:
+        takes = " and ".join(f.label + "'s" for f in FAMILIES.values() if f.distilled_guidance)
+        raise UsageError(f"--guidance is {takes} distilled guidance; {family.name} models use --cfg")
+    if info.guidance_embeds is False:
+        if "guidance" in top:
+            raise UsageError(f"--guidance: {merged['model']} has no guidance embedding (a timestep-distilled model "
+                             f"such as FLUX.1-schnell), so it would be ignored; leave it out")
+        notes.append(f"{merged['model']} has no guidance embedding: the preset's guidance "
+                     f"{merged['guidance']:g} does not apply and is not recorded")
+        merged["guidance"] = None
+
+
+def _check_revision(merged: dict, top: dict, info) -> None:
+    """--revision picks a hub commit; a local folder has none, and would silently ignore it."""
+    if info.local and "revision" in top and merged.get("revision") is not None:
+        raise UsageError(f"--revision {merged['revision']}: {merged['model']} is a local folder, which has no "
+                         f"revisions; leave --revision out")
 
 
 def _preset(top: dict):

@@ -289,6 +289,14 @@ class ControlNet(Adapter):
         spec.record.extend(_unit_record(unit, spec, family) for unit in spec.units)
         return spec
 
+    def adjust(self, spec: Controls, merged: dict, top: dict, family) -> list[str]:
+        """Canny thresholds given for nets that find no edges are ignored (and not recorded): say so."""
+        given = [f"--{k.replace('_', '-')}" for k in ("canny_low", "canny_high") if top.get(k) is not None]
+        if given and not any(unit.type == "canny" for unit in spec.units):
+            return [f"{' and '.join(given)} apply to canny controls only; ignored for "
+                    f"{', '.join(sorted({unit.type for unit in spec.units}))}"]
+        return []
+
     def key(self, spec: Controls) -> tuple:
         return tuple(unit.net_key() for unit in spec.units)
 

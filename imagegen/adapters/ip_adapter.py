@@ -290,8 +290,15 @@ def _encoder(spec: IPAdapterSpec, loaded):
 
 
 def _adapter_error(spec: IPAdapterSpec, error: Exception, exc: Exception) -> Exception:
-    text = " ".join(str(e) for e in (exc, exc.__cause__) if e)
+    import textwrap
+
+    text = "\n".join(str(e) for e in (exc, exc.__cause__) if e)
     if "size mismatch" in text or "shape" in text.lower():
+        # torch lists one "size mismatch for <param>: ..." line per tensor: name the first, count the others.
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        first = next((ln for ln in lines if "size mismatch" in ln or "shape" in ln.lower()), lines[0])
+        more = sum("size mismatch" in ln for ln in lines) - 1
+        detail = textwrap.shorten(first, 400, placeholder=" ...") + (f" (and {more} more)" if more > 0 else "")
         return RunError(f"--ip-adapter-model {spec.model}: its weights do not fit this model (made for another "
-                        f"model or size): {str(exc).splitlines()[0][:200]}")
+                        f"model or size): {detail}")
     return type(error)(f"IP-Adapter: {error}")

@@ -17,6 +17,21 @@ from pathlib import Path
 from ..errors import RunError, UsageError
 
 MANIFEST = "manifest.jsonl"
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def _link_message(path: Path) -> str:
+    return (f"{path}: is a symbolic link; imagegen writes only inside --out and does not follow it (remove the link, "
+            f"or use another --out)")
+
+
+def _inside(value, out_dir: Path) -> bool:
+    """A path a manifest line names: relative, without '..', and inside out_dir once links are followed."""
+    if not isinstance(value, str) or not value or os.path.isabs(value) or ".." in value.replace("\\", "/").split("/"):
+        return False
+    root = out_dir.resolve()
+    real = (out_dir / value).resolve()
+    return root in real.parents
 
 
 def request_hash(req, seed: int) -> str:
@@ -56,6 +71,10 @@ def read_manifest(out_dir: Path) -> tuple[list[dict], dict[str, list[Entry]]]:
     if not out_dir.is_dir():
         return runs, entries
     for shard in sorted(out_dir.glob("manifest*.jsonl")):
+        if shard.is_symlink():
+            raise UsageError(_link_message(shard))
+        if not shard.is_file():  # a FIFO would block the read forever
+            raise UsageError(f"{shard}: not a regular file; a batch manifest must be one (move it away)")
         try:
             lines = shard.read_text(encoding="utf-8", errors="replace").splitlines()
         except OSError as exc:
@@ -69,7 +88,9 @@ def read_manifest(out_dir: Path) -> tuple[list[dict], dict[str, list[Entry]]]:
                 continue
             if data.get("type") == "run":
                 runs.append(data)
-            elif data.get("type") in ("done", "failed") and isinstance(data.get("key"), str):
+            # A line naming a file outside the folder was not written by imagegen: it is ignored, never followed.
+            elif data.get("type") in ("done", "failed") and isinstance(data.get("key"), str) and all(
+                    _inside(data[k], out_dir) for k in ("png", "sidecar") if data.get(k) is not None):
                 entry = Entry(status=data["type"], key=data["key"], hash=str(data.get("hash")), data=data)
                 entries.setdefault(entry.key, []).append(entry)
     runs.sort(key=lambda r: r.get("started", ""))
@@ -85,15 +106,15 @@ class ManifestWriter:
         self._fd = None
         out_dir.mkdir(parents=True, exist_ok=True)
         try:
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            # O_NOFOLLOW: a manifest swapped for a link would make the run append to a file outside --out.
+            self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | _NOFOLLOW, 0o666)
             self._exclusive()
             size = os.fstat(self._fd).st_size
-            if size:
-                with open(self.path, "rb") as f:
-                    f.seek(size - 1)
-                    if f.read(1) != b"\n":  # a torn last line: end it so the next line stands alone
-                        os.write(self._fd, b"\n")
+            if size and os.pread(self._fd, 1, size - 1) != b"\n":  # a torn last line: end it so the next stands alone
+                os.write(self._fd, b"\n")
         except OSError as exc:
+            if self.path.is_symlink():
+                raise UsageError(_link_message(self.path)) from None
             raise RunError(f"{self.path}: cannot write the manifest: {exc.strerror or exc}") from exc
 
     def _exclusive(self) -> None:

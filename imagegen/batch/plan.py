@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import ImagegenError, InvalidLines, UsageError
-from ..output import first_free
+from ..output import check_inside, check_out_dir, first_free
 from ..request import Request, ResolvedRequest
 from ..resolve import resolve
 from .engines import Engine, get_engine
@@ -19,6 +19,9 @@ from .manifest import read_manifest, request_hash
 from .promptfile import Job, read_prompt_file
 
 BATCH_NAME = "{index:05d}-{seed}-{prompt}"
+# The most images one batch plans unless --max-images says more: a plan holds every image before any is made, and
+# a typo (30 two-way {a|b} groups are 2**30 jobs) must be a one-line refusal, not gigabytes.
+MAX_IMAGES = 100_000
 
 
 def derive_seed(base_seed: int, job_index: int) -> int:
@@ -56,12 +59,16 @@ class BatchPlan:
 
 
 def prepare(path: str, flags: Request, *, base_seed: int | None = None, fmt: str | None = None, expand: bool = False,
-            skip_invalid: bool = False, restart: bool = False, stdin=None, engine: Engine | None = None) -> BatchPlan:
+            skip_invalid: bool = False, restart: bool = False, stdin=None, engine: Engine | None = None,
+            max_images: int = MAX_IMAGES) -> BatchPlan:
     """Parse and validate the whole file and fix every image's seed and name; loads no model."""
-    prompt_file = read_prompt_file(path, fmt=fmt, expand=expand, stdin=stdin)
+    prompt_file = read_prompt_file(path, fmt=fmt, expand=expand, stdin=stdin, max_jobs=max_images)
+    total = sum(job.request.n or flags.n or 1 for job in prompt_file.jobs)
+    if total > max_images:
+        raise UsageError(f"{prompt_file.source}: makes {total:,} images, over the limit of {max_images:,} "
+                         f"(--max-images N raises it)")
     out_dir = Path(flags.out or "outputs").expanduser()
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UsageError(f"--out {out_dir}: is a file, not a folder")
+    check_out_dir(out_dir)
     if restart:
         out_dir = _fresh_folder(out_dir)
     base_seed = _base_seed(out_dir, base_seed, engine or get_engine())
@@ -77,7 +84,7 @@ def prepare(path: str, flags: Request, *, base_seed: int | None = None, fmt: str
         )
     if not images:
         raise UsageError(f"{prompt_file.source}: no valid lines to run")
-    _check_unique_names(images)
+    _check_names(images, out_dir)
     return BatchPlan(source=prompt_file.source, out_dir=out_dir, base_seed=base_seed, images=tuple(images),
                      invalid=tuple(errors))
 
@@ -142,9 +149,14 @@ def _as_field(message: str) -> str:
     return re.sub(r"^--([a-z][a-z-]*)", lambda m: m.group(1).replace("-", "_"), message)
 
 
-def _check_unique_names(images: list[PlannedImage]) -> None:
+def _check_names(images: list[PlannedImage], out_dir: Path) -> None:
+    """Every name unique, and every folder it lands in inside out_dir (checked once per folder)."""
     seen: dict[str, PlannedImage] = {}
+    folders: set[str] = set()
     for item in images:
+        if (folder := item.name.rpartition("/")[0]) not in folders:
+            folders.add(folder)
+            check_inside(out_dir, item.name)
         other = seen.setdefault(item.name, item)
         if other is not item:
             raise UsageError(

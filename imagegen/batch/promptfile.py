@@ -41,15 +41,33 @@ class PromptFile:
     reserved: tuple[int, ...] = field(default=())
 
 
-def read_prompt_file(path: str, *, fmt: str | None = None, expand: bool = False, stdin=None) -> PromptFile:
-    """Read and validate a prompt file; never raises for bad lines (they are returned), only for an unusable file."""
+def read_prompt_file(path: str, *, fmt: str | None = None, expand: bool = False, stdin=None,
+                     max_jobs: int | None = None) -> PromptFile:
+    """Read and validate a prompt file; never raises for bad lines (they are returned), only for an unusable file or
+    more than max_jobs jobs (counted before any {a|b} combination is built)."""
     source = "<stdin>" if path == "-" else path
     text = _read_text(path, stdin)
     fmt = _format(path, fmt, text)
     errors: list[str] = []
     rows = {"txt": _txt_rows, "jsonl": _jsonl_rows, "csv": _csv_rows}[fmt](text, source, errors)
+    layers = list(_layers(rows, path, source, errors))
+    if max_jobs is not None:
+        _check_count(layers, expand, max_jobs, source)
     jobs: list[Job] = []
     reserved: list[int] = []
+    for line, layer in layers:
+        if layer is None:
+            reserved.append(len(jobs) + len(reserved))
+            continue
+        for variant in _expand(layer) if expand else [layer]:
+            jobs.append(Job(index=len(jobs) + len(reserved), line=line, request=variant))
+    if not jobs and not errors:
+        errors.append(f"{source}: no prompts (every line is blank or a # comment)")
+    return PromptFile(source=source, format=fmt, jobs=tuple(jobs), errors=tuple(errors), reserved=tuple(reserved))
+
+
+def _layers(rows, path: str, source: str, errors: list[str]):
+    """(line, request layer) per content line; the layer is None for an invalid line (its message is in errors)."""
     for line, data in rows:  # data is None for a line already reported as invalid
         layer = None
         if data is not None:
@@ -62,14 +80,23 @@ def read_prompt_file(path: str, *, fmt: str | None = None, expand: bool = False,
                 if not layer.prompt or not layer.prompt.strip():
                     errors.append(f"{source}:{line}: empty prompt")
                     layer = None
-        if layer is None:
-            reserved.append(len(jobs) + len(reserved))
-            continue
-        for variant in _expand(layer) if expand else [layer]:
-            jobs.append(Job(index=len(jobs) + len(reserved), line=line, request=variant))
-    if not jobs and not errors:
-        errors.append(f"{source}: no prompts (every line is blank or a # comment)")
-    return PromptFile(source=source, format=fmt, jobs=tuple(jobs), errors=tuple(errors), reserved=tuple(reserved))
+        yield line, layer
+
+
+def _check_count(layers, expand: bool, max_jobs: int, source: str) -> None:
+    """Refuse a file that makes more than max_jobs jobs, counting {a|b} combinations by arithmetic alone."""
+    total = sum(_combinations(layer) if expand else 1 for _, layer in layers if layer is not None)
+    if total > max_jobs:
+        raise UsageError(f"{source}: makes {total:,} jobs{' with --expand' if expand else ''}, over the limit of "
+                         f"{max_jobs:,} (--max-images N raises it)")
+
+
+def _combinations(layer: Request) -> int:
+    count = 1
+    for text in (layer.prompt, layer.negative):
+        for group in _ALTERNATIVES.findall(text or ""):
+            count *= group.count("|") + 1
+    return count
 
 
 def _rebase(layer: Request, folder: Path | None) -> Request:
@@ -184,7 +211,16 @@ def _json_type_problem(data: dict, where: str) -> str | None:
             if value in f.literals:
                 continue
             return f"{where}: {key} must be {f.type_words()}, got {json.dumps(value)}"
+        if isinstance(value, list) and (bad := next((v for v in value if isinstance(v, bool) or not isinstance(
+                v, f.item_types)), _NONE)) is not _NONE:
+            return (f"{where}: {key} must be {f.type_words()}, and its list items "
+                    f"{' or '.join(_WORDS[t] for t in f.item_types if not (t is int and float in f.item_types))}; "
+                    f"got {json.dumps(bad)} in {json.dumps(value)}")
     return None
+
+
+_NONE = object()
+_WORDS = {str: "strings", int: "integers", float: "numbers"}
 
 
 def _csv_rows(text: str, source: str, errors: list[str]):

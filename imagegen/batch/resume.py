@@ -3,6 +3,7 @@ crash and can be adopted, and which are still to make; stale files are moved asi
 
 from __future__ import annotations
 
+import glob
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +42,9 @@ def check_done(plan: BatchPlan, *, act: bool) -> Resume:
             png = plan.out_dir / str(entry.data.get("png", ""))
             if png.is_file() and file_sha256(png) == entry.data.get("sha256"):
                 state.skipped += 1
+                sidecar = entry.data.get("sidecar")
+                if act and sidecar and not (plan.out_dir / sidecar).exists() and _restore_sidecar(png, entry):
+                    state.notes.append(f"{sidecar}: deleted since it was written; restored from its PNG's record")
                 continue
             if png.is_file():
                 if act:
@@ -109,16 +113,42 @@ def _orphan(out_dir: Path, item: PlannedImage, referenced: set[str]) -> dict | N
 
 def adopt(out_dir: Path, item: PlannedImage, record: dict, manifest: ManifestWriter) -> None:
     """Finish an orphan: write its missing sidecar from the PNG's record, then its manifest line."""
-    from ..output import sidecar_data, write_new  # looked up per call: tests stand in for write_new
-
     png = out_dir / f"{item.name}.png"
     sha = file_sha256(png)
     sidecar = None
-    if "schema" in record:  # metadata full: the PNG carries the record the sidecar repeats
+    if "schema" in record:  # the PNG carries the record the sidecar repeats
         sidecar = png.with_suffix(SIDECAR_SUFFIX)
         if not sidecar.exists():
-            write_new(sidecar, sidecar_data(record, png.name, sha, save_s=None))
+            write_sidecar(png, record, sha)
     manifest.append(done_line(out_dir, item, png, sidecar, sha, (record.get("output") or {}).get("pixels_sha256")))
+
+
+def write_sidecar(png: Path, record: dict, sha: str) -> None:
+    """Write a PNG's sidecar again from the record in its text chunk (with the derived images beside it)."""
+    from ..output import sidecar_data, write_new  # looked up per call: tests stand in for write_new
+
+    data = sidecar_data(record, png.name, sha, save_s=None)
+    if maps := sorted(p.name for p in png.parent.glob(f"{glob.escape(png.stem)}.control*.png")):
+        data["output"]["control_maps"] = maps
+    write_new(png.with_suffix(SIDECAR_SUFFIX), data)
+
+
+def _restore_sidecar(png: Path, entry) -> bool:
+    """Restore a deleted sidecar of a verified image; False when the PNG holds no record to restore it from."""
+    import json
+
+    from PIL import Image
+
+    try:
+        with Image.open(png) as im:
+            record = json.loads(getattr(im, "text", {}).get(PNG_KEY) or "null")
+    except Exception:  # noqa: BLE001 - an unreadable chunk: nothing to restore from
+        return False
+    if not isinstance(record, dict) or "schema" not in record or png.with_suffix(SIDECAR_SUFFIX).name != Path(
+            entry.data["sidecar"]).name:
+        return False
+    write_sidecar(png, record, entry.data["sha256"])
+    return True
 
 
 def done_line(out_dir: Path, item: PlannedImage, png: Path, sidecar: Path | None, sha: str, pixels: str | None) -> dict:

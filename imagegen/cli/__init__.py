@@ -3,6 +3,7 @@ result (commands.py, listing.py), and the one error boundary (main)."""
 
 import os
 import sys
+import warnings
 
 import typer
 
@@ -16,6 +17,36 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("IMAGEGEN_DEBUG") == "1"
     command = typer.main.get_command(app)
+    with warnings.catch_warnings():
+        if not debug:
+            _one_line_warnings(quiet=bool({"-q", "--quiet"} & set(argv)))
+        return _run(command, argv, debug)
+
+
+def _one_line_warnings(*, quiet: bool) -> None:
+    """Libraries' warnings (torchsde's rounding notice, PIL's size warning) as one note line each, once; none with
+    -q. Shown in full with --debug."""
+    if quiet:
+        warnings.simplefilter("ignore")
+        return
+    warnings.simplefilter("once")
+    seen: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = " ".join(str(message).split())
+        if text not in seen:
+            seen.add(text)
+            sys.stderr.write(f"note: {category.__name__}: {text}\n")
+
+    warnings.showwarning = show
+
+
+def _one_line(message) -> str:
+    """A message on one line, whatever a library's text it quotes held (newlines, tabs)."""
+    return " ".join(str(message).split())
+
+
+def _run(command, argv: list[str], debug: bool) -> int:
     try:
         code = command.main(args=argv, prog_name="imagegen", standalone_mode=False)
     except ImagegenError as exc:
@@ -24,9 +55,9 @@ def main(argv: list[str] | None = None) -> int:
 
             traceback.print_exc()
         for detail in getattr(exc, "details", ()):  # e.g. every invalid line of a prompt file, one per line
-            sys.stderr.write(f"{detail}\n")
+            sys.stderr.write(f"{_one_line(detail)}\n")
         label = "imagegen: " if exc.exit_code == 130 else "imagegen: error: "
-        sys.stderr.write(f"{label}{exc}\n")
+        sys.stderr.write(f"{label}{_one_line(exc)}\n")
         return exc.exit_code
     except typer.exceptions.TyperException as exc:  # Typer's (vendored click's) usage errors
         if debug:

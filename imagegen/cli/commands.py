@@ -65,6 +65,7 @@ def batch(
     restart: Annotated[bool, typer.Option("--restart", help="Start over in a new folder (OUT-2, OUT-3, ...) instead of resuming; nothing is overwritten.")] = False,
     fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failed job (default: record it and go on; exit code 3).")] = False,
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the denoiser: pays off on long runs; the warm-up time is reported.")] = False,
+    max_images: Annotated[Optional[int], typer.Option("--max-images", min=1, metavar="INT", help="Refuse a batch that would make more images than this, before planning them (default 100000; a plan holds every image before any is made).")] = None,
     engine: Annotated[Optional[str], typer.Option("--engine", help="Where the images are made: local (this process), accelerate (the processes of `accelerate launch`), or auto (the default: accelerate under a multi-process launcher, else local; IMAGEGEN_ENGINE overrides auto).")] = None,
     quiet: Quiet = False, json_: Json = False, debug: Debug = False, **fields,
 ) -> None:
@@ -86,8 +87,9 @@ def batch(
         except ValueError as exc:
             raise UsageError(f"--batch-size: {exc}, or auto") from None
     runner = get_engine(engine)
+    limit = {"max_images": max_images} if max_images is not None else {}
     plan = prepare(file, flags(fields), base_seed=base_seed, fmt=format_, expand=expand, skip_invalid=skip_invalid,
-                   restart=restart, engine=runner)
+                   restart=restart, engine=runner, **limit)
     result = run_batch(plan, batch_size=size_arg, fail_fast=fail_fast, compile=compile_,
                        progress=_batch_progress(quiet), engine=runner)
     if json_:

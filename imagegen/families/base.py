@@ -65,6 +65,10 @@ class Family:
         patch, max_side = self.latent_patch(read, scale)
         return math.lcm(scale * patch, self.pipeline_multiple), max_side
 
+    def guidance_embedded(self, read: Callable[[str], dict | None]) -> bool | None:
+        """Whether the model's denoiser takes --guidance (a distilled guidance embedding); None if unknown."""
+        return True if self.distilled_guidance else False
+
     def latent_patch(self, read: Callable[[str], dict | None], scale: int) -> tuple[int, int | None]:
         """(latent pixels per denoiser token side, the largest image side or None)."""
         return 1, None

@@ -36,6 +36,10 @@ class Flux(Family):
     def latent_patch(self, read, scale: int) -> tuple[int, int | None]:
         return 2, None  # Flux packs latents in 2x2 patches
 
+    def guidance_embedded(self, read) -> bool | None:
+        config = read("transformer/config.json")  # FLUX.1-dev has the embedding; timestep-distilled schnell not
+        return bool(config.get("guidance_embeds")) if config else None
+
     def guidance_arguments(self, cfg: float, guidance: float | None, negatives: list[str]) -> dict:
         # Flux's guidance_scale is a distilled embedding (ignored by schnell); real CFG is true_cfg_scale.
         return {"true_cfg_scale": cfg, "negative_prompt": negatives if cfg > 1 else None,

@@ -110,13 +110,15 @@ def build_tiny_sd3(path: str | os.PathLike, *, seed: int = 0, safetensors: bool 
 
 
 def build_tiny_flux(path: str | os.PathLike, *, seed: int = 0, safetensors: bool = True,
-                    dynamic_shifting: bool = False) -> Path:
+                    dynamic_shifting: bool = False, guidance_embeds: bool = False) -> Path:
     """Build and save a tiny FluxPipeline (about 1.5 MB) in ``path``; returns the folder.
 
-    The transformer has no guidance embedding (like FLUX.1-schnell). ``dynamic_shifting=False`` gives schnell's
-    scheduler config (static shift 1.0); ``True`` gives FLUX.1-dev's (resolution-dependent ``mu``).
+    By default the transformer has no guidance embedding (like FLUX.1-schnell); ``guidance_embeds=True`` gives it
+    FLUX.1-dev's. ``dynamic_shifting=False`` gives schnell's scheduler config (static shift 1.0); ``True`` gives
+    FLUX.1-dev's (resolution-dependent ``mu``).
     """
-    return build_tiny("flux", path, seed=seed, safetensors=safetensors, dynamic_shifting=dynamic_shifting)
+    return build_tiny("flux", path, seed=seed, safetensors=safetensors, dynamic_shifting=dynamic_shifting,
+                      guidance_embeds=guidance_embeds)
 
 
 @tiny("sdxl")
@@ -241,7 +243,7 @@ def _tiny_sd3(seed: int) -> Any:
 
 
 @tiny("flux")
-def _tiny_flux(seed: int, dynamic_shifting: bool = False) -> Any:
+def _tiny_flux(seed: int, dynamic_shifting: bool = False, guidance_embeds: bool = False) -> Any:
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextModel
 
@@ -259,7 +261,7 @@ def _tiny_flux(seed: int, dynamic_shifting: bool = False) -> Any:
         num_attention_heads=2,
         joint_attention_dim=t5_dim,
         pooled_projection_dim=clip_dim,
-        guidance_embeds=False,
+        guidance_embeds=guidance_embeds,
         axes_dims_rope=(4, 6, 6),  # sums to attention_head_dim
     )
     _seed(seed, 1)
