@@ -12,7 +12,7 @@ import pytest
 HEAVY = ("torch", "diffusers", "transformers", "PIL", "numpy", "huggingface_hub")
 
 
-@pytest.mark.parametrize("args", [["--help"], ["presets", "list"], ["presets", "show", "sd3"], ["schedulers", "--preset", "sd3"], ["txt2img", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["presets", "list"], ["presets", "show", "sd3"], ["schedulers", "--preset", "sd3"], ["txt2img", "--help"]])
 def test_listing_commands_import_nothing_heavy(args):
     code = (
         "import sys\n"
@@ -81,3 +81,31 @@ def test_scheduler_suggestions_use_full_names(cli):
     assert "did you mean 'DPM++ 2M Karras'?" in result.err
     result = cli("txt2img", "x", "--preset", "sd3", "--scheduler", "DPM++ 2M Karras", "--seed", "1")
     assert "DPM++ 2M has no Karras schedule type on sd3; it takes no schedule type there" in result.err
+
+
+def test_version_is_printed_at_once(cli):
+    import imagegen
+
+    result = cli("--version")
+    assert result.code == 0 and result.out == f"imagegen {imagegen.__version__}\n" and result.err == ""
+
+
+def test_show_completion_prints_the_bash_script(cli, monkeypatch):
+    import typer.completion
+
+    monkeypatch.setattr(typer.completion, "_get_shell_name", lambda: "bash")
+    result = cli("--show-completion")
+    assert result.code == 0 and "_IMAGEGEN_COMPLETE=complete_bash" in result.out
+    assert "--install-completion" in cli("--help").out
+
+
+def test_shell_completion_completes_commands_and_options():
+    def complete(words: str) -> list[str]:
+        env = {**os.environ, "_IMAGEGEN_COMPLETE": "complete_bash", "COMP_WORDS": words,
+               "COMP_CWORD": str(len(words.split()) - 1)}
+        proc = subprocess.run([sys.executable, "-m", "imagegen"], capture_output=True, text=True, env=env)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.split()
+
+    assert complete("imagegen pres") == ["presets"]
+    assert "--scheduler" in complete("imagegen txt2img x --sched")
