@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -31,10 +32,21 @@ def test_python_dash_m_runs_the_cli():
     assert {r["name"] for r in json.loads(proc.stdout)} >= {"Euler", "DPM++ 2M", "UniPC"}
 
 
+def words(text: str) -> str:
+    """Help text as one line of words: Rich's panel borders and line breaks gone."""
+    return " ".join(re.sub(r"[│╭╮╰╯─]", " ", text).split())
+
+
+def panels(text: str) -> dict[str, str]:
+    """Each Rich help panel's title -> its text."""
+    found = re.split(r"╭─ ([\w-]+) ─*╮", text)
+    return {title: body.split("╰")[0] for title, body in zip(found[1::2], found[2::2])}
+
+
 def test_help_documents_cfg_per_family(cli):
     result = cli("txt2img", "--help")
     assert result.code == 0
-    text = " ".join(result.out.split())
+    text = words(result.out)
     assert "sdxl and sd3: classifier-free guidance" in text and "flux: Flux is guidance-distilled" in text and "true CFG" in text
 
 
@@ -109,3 +121,33 @@ def test_shell_completion_completes_commands_and_options():
 
     assert complete("imagegen pres") == ["presets"]
     assert "--scheduler" in complete("imagegen txt2img x --sched")
+
+
+def test_txt2img_help_groups_options_in_panels_with_an_example(cli):
+    result = cli("txt2img", "--help")
+    assert result.code == 0
+    found = panels(result.out)
+    assert list(found) == ["Arguments", "Options", "Generation", "Model", "ControlNet", "IP-Adapter", "Output"]
+    where = {"--steps": "Generation", "--scheduler": "Generation", "--batch-size": "Generation", "--preset": "Model",
+             "--device": "Model", "--control-scale": "ControlNet", "--ip-scale": "IP-Adapter", "--out": "Output",
+             "--json": "Output", "--quiet": "Output"}
+    for flag, title in where.items():
+        assert re.search(rf"│ {flag}\b", found[title]), (flag, title)
+        assert all(not re.search(rf"│ {flag}\b", body) for other, body in found.items() if other != title), flag
+    text = words(result.out)
+    assert "Denoising steps. Default: the preset's (imagegen presets show NAME)." in text
+    assert "Number of images." in text and "Number of images. Default: the preset's" not in text
+    assert 'Examples: imagegen txt2img "a lighthouse at dusk" --preset sdxl -s "DPM++ 2M Karras"' in text
+
+
+@pytest.mark.parametrize("command", [["txt2img"], ["batch"], ["compare"], ["reproduce"], ["schedulers"],
+                                     ["presets", "list"], ["presets", "show"]])
+def test_every_command_shows_an_example(cli, command):
+    text = words(cli(*command, "--help").out)
+    assert "Examples: imagegen " + " ".join(command) in text
+
+
+def test_batch_help_has_its_own_panel_first(cli):
+    found = panels(cli("batch", "--help").out)
+    assert list(found)[2:4] == ["Batch", "Generation"] and "--engine" in found["Batch"]
+    assert "INT|auto" in found["Generation"]

@@ -8,7 +8,9 @@ import typer
 
 from ..errors import ImagegenError
 from . import commands, listing  # noqa: F401  (the commands register themselves on the app)
-from .app import app
+from .app import add_examples, app
+
+add_examples()
 
 
 def main(argv: list[str] | None = None) -> int:

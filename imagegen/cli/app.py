@@ -11,7 +11,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=True,  # --install-completion / --show-completion SHELL (bash, zsh, fish, powershell)
     pretty_exceptions_enable=False,
-    rich_markup_mode=None,
+    rich_markup_mode="rich",  # for the option panels; help text escapes its [brackets]
 )
 presets_app = typer.Typer(help="List and show presets.", no_args_is_help=True)
 app.add_typer(presets_app, name="presets")
@@ -30,3 +30,27 @@ def root(
 ) -> None:
     """Generate images with diffusers pipelines: presets, schedulers by any name, reproducible metadata."""
 
+
+# One or two runnable examples per command, shown under its --help (added in imagegen.cli once all are registered).
+EXAMPLES = {
+    "txt2img": ['imagegen txt2img "a lighthouse at dusk" --preset sdxl -s "DPM++ 2M Karras" --seed 42 -n 4',
+                'imagegen txt2img "a red circle on a blue background" --preset demo   (offline, CPU, seconds)'],
+    "batch": ["imagegen batch prompts.txt --preset flux-schnell --out runs/catalog   (a rerun resumes)",
+              "imagegen batch jobs.jsonl --preset sdxl -n 2 --batch-size auto --json"],
+    "compare": ['imagegen compare "a fox" --preset sdxl --schedulers "Euler,UniPC" --steps 10,20,30'],
+    "reproduce": ["imagegen reproduce outputs/0003-45.png --verify"],
+    "schedulers": ["imagegen schedulers --preset sd3", "imagegen schedulers --family flux --json"],
+    "list": ["imagegen presets list", "imagegen presets list --json"],
+    "show": ["imagegen presets show sdxl"],
+}
+
+
+def add_examples(typer_app: typer.Typer = app) -> None:
+    """Give every registered command without an epilog its examples, one a line."""
+    for info in typer_app.registered_commands:
+        name = info.name or info.callback.__name__.replace("_", "-")
+        if info.epilog is None and name in EXAMPLES:
+            # Rich help joins the lines of a paragraph: a blank line between examples keeps one a line.
+            info.epilog = "\n\n".join(["Examples:", *(f"  {e}" for e in EXAMPLES[name])]).replace("[", "\\[")
+    for group in typer_app.registered_groups:
+        add_examples(group.typer_instance)
