@@ -151,3 +151,23 @@ def test_batch_help_has_its_own_panel_first(cli):
     found = panels(cli("batch", "--help").out)
     assert list(found)[2:4] == ["Batch", "Generation"] and "--engine" in found["Batch"]
     assert "INT|auto" in found["Generation"]
+
+
+@pytest.mark.slow
+def test_txt2img_batch_size_auto_picks_as_batch_does(cli):
+    """auto on a CPU with the demo model's small latents is batch's 8, capped at n; the images do not depend on it."""
+    auto = cli("txt2img", "a red circle", "--preset", "demo", "--steps", "2", "-n", "3", "--seed", "5",
+               "--batch-size", "AUTO", "--out", "auto", "--json", "-q", "--device", "cpu")
+    assert auto.code == 0, auto.err
+    images = json.loads(auto.out)["images"]
+    sidecars = [json.loads(open(i["sidecar"]).read()) for i in images]
+    assert [s["batch"]["batch_size"] for s in sidecars] == [3, 3, 3]
+    one = cli("txt2img", "a red circle", "--preset", "demo", "--steps", "2", "-n", "3", "--seed", "5",
+              "--out", "one", "--json", "-q", "--device", "cpu")
+    assert [i["pixels_sha256"] for i in json.loads(one.out)["images"]] == [i["pixels_sha256"] for i in images]
+
+
+def test_txt2img_batch_size_refuses_other_words(cli):
+    result = cli("txt2img", "x", "--batch-size", "many", "--seed", "1")
+    assert result.code == 2 and result.err == ("imagegen: error: --batch-size: must be an integer from 1 to 1024, "
+                                               "got 'many', or auto\n")

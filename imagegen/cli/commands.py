@@ -28,8 +28,39 @@ def _emit(result, as_json: bool) -> None:
         sys.stdout.write(json.dumps(result.to_json()) + "\n")
 
 
+def _batch_size(value: str) -> int | None:
+    """--batch-size as the runners take it: an integer, or None for auto."""
+    from ..errors import UsageError
+    from ..request import PARSERS
+
+    if value.strip().lower() == "auto":
+        return None
+    try:
+        return PARSERS["batch_size"](value)
+    except ValueError as exc:
+        raise UsageError(f"--batch-size: {exc}, or auto") from None
+
+
+def _auto_batch_size(req):
+    """The request with --batch-size auto decided by batch's rule (batch.auto_batch_size): device and latent size."""
+    from dataclasses import replace
+
+    from ..batch import auto_batch_size
+    from ..loading import resolve_device
+
+    # Every shipped family's VAE downsamples by 8 (a batch reads the factor from the loaded pipeline: the same).
+    size = auto_batch_size(resolve_device(req.device), req.width // 8, req.height // 8)
+    return replace(req, batch_size=min(size, req.n))
+
+
+_TXT2IMG = {
+    "batch_size": {"help": "Images per pipeline call, or auto (by device and latent size, as batch picks). Results do "
+                           "not depend on it. Default: 1", "metavar": "INT|auto"},
+}
+
+
 @app.command()
-@with_fields(GENERATION)
+@with_fields(GENERATION, **_TXT2IMG)
 def txt2img(
     prompt: Annotated[str, typer.Argument(help="What to draw.")],
     quiet: Quiet = False, json_: Json = False, debug: Debug = False, **fields,
@@ -38,9 +69,12 @@ def txt2img(
     from ..generate import run
     from ..resolve import check_companions, resolve
 
-    layer = flags({**fields, "prompt": prompt})
+    size = fields.pop("batch_size")
+    auto = size is not None and _batch_size(size) is None
+    layer = flags({**fields, "prompt": prompt, "batch_size": None if auto else size})
     check_companions(layer)
-    _emit(run(resolve(layer), progress=_progress(quiet)), json_)
+    req = resolve(layer)
+    _emit(run(_auto_batch_size(req) if auto else req, progress=_progress(quiet)), json_)
 
 
 _BATCH = {
@@ -72,19 +106,13 @@ def batch(
     from ..batch import get_engine, prepare, run_batch
     from ..errors import Interrupted, JobsFailed, UsageError
     from ..fields import parse_seed
-    from ..request import PARSERS
 
     seed, batch_size = fields.pop("seed"), fields.pop("batch_size")
     try:
         base_seed = parse_seed(seed) if seed is not None else None
     except ValueError as exc:
         raise UsageError(f"--seed: {exc}") from None
-    size_arg = None if batch_size.strip().lower() == "auto" else batch_size
-    if size_arg is not None:
-        try:
-            size_arg = PARSERS["batch_size"](size_arg)
-        except ValueError as exc:
-            raise UsageError(f"--batch-size: {exc}, or auto") from None
+    size_arg = _batch_size(batch_size)
     runner = get_engine(engine)
     plan = prepare(file, flags(fields), base_seed=base_seed, fmt=format_, expand=expand, skip_invalid=skip_invalid,
                    restart=restart, engine=runner)
