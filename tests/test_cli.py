@@ -171,3 +171,34 @@ def test_txt2img_batch_size_refuses_other_words(cli):
     result = cli("txt2img", "x", "--batch-size", "many", "--seed", "1")
     assert result.code == 2 and result.err == ("imagegen: error: --batch-size: must be an integer from 1 to 1024, "
                                                "got 'many', or auto\n")
+
+
+@pytest.mark.slow
+def test_batch_json_lists_every_image_with_its_path_seed_line_and_status(cli, tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a fox\n# a comment\nan owl\n")
+    out = tmp_path / "run"
+
+    def run() -> list[dict]:
+        result = cli("batch", prompts, "--preset", "demo", "--steps", "2", "--seed", "3", "-n", "2", "--out", out,
+                     "--json", "-q")
+        assert result.code == 0, result.err
+        return json.loads(result.out)["images"]
+
+    first = run()
+    assert [(i["line"], i["image"], i["index"], i["status"]) for i in first] == [
+        (1, 0, 0, "written"), (1, 1, 1, "written"), (3, 0, 2, "written"), (3, 1, 3, "written")]
+    manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    done = {e["index"]: e for e in manifest if e["type"] == "done"}
+    for image in first:
+        assert image["path"] == str(out / done[image["index"]]["png"]) and image["seed"] == done[image["index"]]["seed"]
+    # One image lost, and the manifest line of the last one written lost to a crash (its file is in place).
+    os.remove(first[0]["path"])
+    text = (out / "manifest.jsonl").read_text()
+    (out / "manifest.jsonl").write_text(text[: text.rstrip("\n").rfind("\n") + 1])
+    orphan = manifest[-1]["index"]
+    second = run()
+    status = {i["index"]: i["status"] for i in second}
+    assert status == {0: "written", 1: "skipped", 2: "skipped", 3: "skipped", orphan: "adopted"}
+    assert [i["path"] for i in second] == [i["path"] for i in first]
+

@@ -25,6 +25,12 @@ class BatchResult:
     compile_warmup_s: float | None = None
     rank: int = 0
     world: int = 1
+    images: list[dict] = field(default_factory=list)  # every image of the plan with its file: see add_image
+
+    def add_image(self, item, path: Path, status: str) -> None:
+        """Record an image that has its file: "written" now, "skipped" (already done) or "adopted" (crash orphan)."""
+        self.images.append({"path": str(path), "seed": item.seed, "line": item.job.line, "job": item.job.index,
+                            "image": item.image, "index": item.index, "status": status})
 
     @property
     def images_per_s(self) -> float:
@@ -51,5 +57,7 @@ class BatchResult:
             "interrupted": self.interrupted,
             "compile_warmup_s": None if self.compile_warmup_s is None else round(self.compile_warmup_s, 3),
             "failures": self.failures,
+            "images": sorted(self.images, key=lambda i: i["index"]),
             "process": {"rank": self.rank, "world": self.world},
         }
+

@@ -19,6 +19,7 @@ SIDECAR_SUFFIX = ".json"
 class Resume:
     pending: list[PlannedImage]
     skipped: int = 0
+    done: list[tuple[PlannedImage, Path]] = field(default_factory=list)  # the skipped images and their files
     adopted: list[tuple[PlannedImage, dict]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -41,6 +42,7 @@ def check_done(plan: BatchPlan, *, act: bool) -> Resume:
             png = plan.out_dir / str(entry.data.get("png", ""))
             if png.is_file() and file_sha256(png) == entry.data.get("sha256"):
                 state.skipped += 1
+                state.done.append((item, png))
                 continue
             if png.is_file():
                 if act:
@@ -107,8 +109,8 @@ def _orphan(out_dir: Path, item: PlannedImage, referenced: set[str]) -> dict | N
     return record
 
 
-def adopt(out_dir: Path, item: PlannedImage, record: dict, manifest: ManifestWriter) -> None:
-    """Finish an orphan: write its missing sidecar from the PNG's record, then its manifest line."""
+def adopt(out_dir: Path, item: PlannedImage, record: dict, manifest: ManifestWriter) -> Path:
+    """Finish an orphan: write its missing sidecar from the PNG's record, then its manifest line; returns the PNG."""
     from ..output import sidecar_data, write_new  # looked up per call: tests stand in for write_new
 
     png = out_dir / f"{item.name}.png"
@@ -119,6 +121,7 @@ def adopt(out_dir: Path, item: PlannedImage, record: dict, manifest: ManifestWri
         if not sidecar.exists():
             write_new(sidecar, sidecar_data(record, png.name, sha, save_s=None))
     manifest.append(done_line(out_dir, item, png, sidecar, sha, (record.get("output") or {}).get("pixels_sha256")))
+    return png
 
 
 def done_line(out_dir: Path, item: PlannedImage, png: Path, sidecar: Path | None, sha: str, pixels: str | None) -> dict:
