@@ -202,3 +202,73 @@ def test_batch_json_lists_every_image_with_its_path_seed_line_and_status(cli, tm
     assert status == {0: "written", 1: "skipped", 2: "skipped", 3: "skipped", orphan: "adopted"}
     assert [i["path"] for i in second] == [i["path"] for i in first]
 
+
+# ---- batch across processes: one summary, printed by process 0
+
+
+def _result(rank: int, done: int, indices: list[int], **more):
+    from imagegen.batch import BatchResult
+
+    result = BatchResult(out_dir="run", total=done, done=done, rank=rank, world=2, wall_s=2.0 + rank, denoise_s=1.0,
+                         batch_size="auto (4)", **more)
+    result.images = [{"path": f"run/{i}.png", "seed": i, "line": i + 1, "job": i, "image": 0, "index": i,
+                      "status": "written"} for i in indices]
+    return result
+
+
+def test_results_of_the_processes_merge_into_one():
+    from imagegen.batch import BatchResult
+
+    failure = {"line": 9, "job": 8, "image": 0, "prompt": "p", "error": "boom"}
+    first = _result(0, 2, [0, 2], skipped=3, adopted=1, invalid=1)
+    first.total += 4
+    second = _result(1, 1, [1], failed=1, failures=[failure], invalid=1)
+    second.total += 1
+    merged = BatchResult.merge([first, second]).to_json()
+    assert (merged["total"], merged["done"], merged["skipped"], merged["adopted"], merged["failed"]) == (8, 3, 3, 1, 1)
+    assert merged["remaining"] == 0 and merged["invalid"] == 1 and merged["failures"] == [failure]
+    assert (merged["wall_s"], merged["denoise_s"], merged["batch_size"]) == (3.0, 2.0, "auto (4)")
+    assert [i["index"] for i in merged["images"]] == [0, 1, 2] and merged["process"] == {"rank": 0, "world": 2}
+    assert BatchResult.merge([first]) is first
+
+
+def test_an_engine_of_one_process_gathers_its_own_value():
+    from imagegen.batch import ENGINES
+
+    for name, engine in ENGINES.items():
+        assert engine().gather({"done": 1}) == [{"done": 1}], name
+
+
+class _Twin:
+    """An engine whose gather adds a second process's result, as accelerate's would."""
+
+    def __init__(self, rank: int):
+        from imagegen.batch import Engine
+
+        self.engine = type("Twin", (Engine,), {"rank": rank, "gather": lambda s, value: self.both(value)})()
+        self.rank = rank
+
+    def both(self, mine):
+        other = _result(1 - self.rank, 1, [99])
+        return [mine, other] if self.rank == 0 else [other, mine]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rank", [0, 1])
+def test_only_process_0_prints_the_merged_summary(cli, tmp_path, monkeypatch, rank):
+    import imagegen.batch
+
+    monkeypatch.setattr(imagegen.batch, "get_engine", lambda name=None: _Twin(rank).engine)
+    (tmp_path / "p.txt").write_text("a fox\n")
+    for extra in (["--json"], []):
+        result = cli("batch", tmp_path / "p.txt", "--preset", "demo", "--steps", "1", "--seed", "1", "--out",
+                     tmp_path / f"run{len(extra)}", *extra)
+        assert result.code == 0, result.err
+        if rank == 1:
+            assert result.out == "" and "verified by sha256" not in result.err  # no summary table
+        elif extra:
+            summary = json.loads(result.out)
+            assert summary["done"] == 2 and summary["process"] == {"rank": 0, "world": 2}
+            assert [i["index"] for i in summary["images"]] == [0, 99]
+        else:
+            assert words(result.err).count("(2 processes)") == 1

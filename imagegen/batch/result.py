@@ -61,3 +61,22 @@ class BatchResult:
             "process": {"rank": self.rank, "world": self.world},
         }
 
+    @classmethod
+    def merge(cls, results: list[BatchResult]) -> BatchResult:
+        """One result for the processes of a run (each made its share): counts add up, the wall time is the longest."""
+        first = results[0]
+        if len(results) == 1:
+            return first
+        merged = cls(out_dir=first.out_dir, total=sum(r.total for r in results), rank=0, world=len(results),
+                     invalid=first.invalid)  # every process saw the same invalid lines
+        for name in ("done", "skipped", "adopted", "failed", "denoise_s"):
+            setattr(merged, name, sum(getattr(r, name) for r in results))
+        merged.wall_s = max(r.wall_s for r in results)
+        sizes = dict.fromkeys(r.batch_size for r in results if r.done or r.failed)  # a process with no work chose none
+        merged.batch_size = " / ".join(sizes) or first.batch_size
+        merged.failures = [f for r in results for f in r.failures]
+        merged.images = [i for r in results for i in r.images]
+        merged.interrupted = any(r.interrupted for r in results)
+        warmups = [r.compile_warmup_s for r in results if r.compile_warmup_s is not None]
+        merged.compile_warmup_s = max(warmups) if warmups else None
+        return merged

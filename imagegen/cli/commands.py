@@ -103,7 +103,7 @@ def batch(
     quiet: Quiet = False, json_: Json = False, debug: Debug = False, **fields,
 ) -> None:
     """Generate every prompt of a file: validated first, resumable, crash-safe (flags are every line's defaults)."""
-    from ..batch import get_engine, prepare, run_batch
+    from ..batch import BatchResult, get_engine, prepare, run_batch
     from ..errors import Interrupted, JobsFailed, UsageError
     from ..fields import parse_seed
 
@@ -118,27 +118,33 @@ def batch(
                    restart=restart, engine=runner)
     result = run_batch(plan, batch_size=size_arg, fail_fast=fail_fast, compile=compile_,
                        progress=_batch_progress(quiet), engine=runner)
-    if json_:
+    result = BatchResult.merge(runner.gather(result))  # under accelerate: one result for all processes
+    if runner.rank == 0 and json_:
         sys.stdout.write(json.dumps(result.to_json()) + "\n")
-    elif not quiet:
+    elif runner.rank == 0 and not quiet:
         _batch_summary(result)
+    error = None
     if result.interrupted:
-        raise Interrupted(
+        error = Interrupted(
             f"interrupted: {result.done} new images written, {result.remaining} to go; run the same command again "
             f"(same file and --out {result.out_dir}) to resume"
         )
-    if result.failed:
-        raise JobsFailed(
+    elif result.failed:
+        error = JobsFailed(
             f"{result.failed} image{'s' if result.failed != 1 else ''} failed (recorded in "
             f"{result.out_dir}/manifest.jsonl); a rerun retries them"
         )
+    if error is not None and runner.rank > 0:
+        raise typer.Exit(error.exit_code)  # the same exit code in every process; process 0 says why, once
+    if error is not None:
+        raise error
 
 
 def _batch_summary(result) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"batch {result.out_dir}" + (f" (process {result.rank + 1} of {result.world})" if result.world > 1 else ""))
+    table = Table(title=f"batch {result.out_dir}" + (f" ({result.world} processes)" if result.world > 1 else ""))
     table.caption = "skipped: already done, verified by sha256"
     for column in ("done", "skipped", "failed", "invalid", "wall", "img/s", "batch size"):
         table.add_column(column, justify="right")
