@@ -272,3 +272,55 @@ def test_only_process_0_prints_the_merged_summary(cli, tmp_path, monkeypatch, ra
             assert [i["index"] for i in summary["images"]] == [0, 99]
         else:
             assert words(result.err).count("(2 processes)") == 1
+
+
+# ---- progress bars at 80 columns
+
+
+def _last_frame(output: str) -> list[str]:
+    """The lines of the last frame a live Rich display drew (its cursor codes removed)."""
+    frame = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", output.split("\r")[-1])
+    return [line.rstrip() for line in frame.splitlines() if line.strip()]
+
+
+def test_the_batch_bar_keeps_every_column_whole_at_80_columns():
+    import io
+    import time
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from imagegen.progress import RichBatchProgress
+
+    out = io.StringIO()
+    progress = RichBatchProgress(console=Console(width=80, file=out, force_terminal=True, color_system=None))
+    progress.start(total=1000)
+    item = SimpleNamespace(req=SimpleNamespace(prompt="a lighthouse at dusk, oil painting, dramatic light " * 3))
+    progress.group([item, item])
+    progress.step(12, 30)
+    for _ in range(3):
+        time.sleep(0.02)  # the ETA needs a measured speed
+        progress.image_done(item, "x")
+    progress.finish()
+    [line] = _last_frame(out.getvalue())
+    assert len(line) <= 80 and "0:0…" not in line
+    assert re.fullmatch(r"images +\S* *3/1000 \d+\.\d\d img/s \d:\d\d:\d\d step 12/30 a lighthouse at dusk.*…", line), line
+
+
+def test_the_txt2img_bar_keeps_every_column_whole_at_80_columns():
+    import io
+
+    from rich.console import Console
+
+    from imagegen.progress import RichProgress
+
+    out = io.StringIO()
+    progress = RichProgress(console=Console(width=80, file=out, force_terminal=True, color_system=None))
+    progress.start(total=1000, steps=30)
+    progress.batch(0, 4, [2**63 - 1, 1, 2, 3])
+    progress.step(5, 30)
+    progress.finish()
+    images, steps = _last_frame(out.getvalue())
+    assert len(images) <= 80 and len(steps) <= 80 and "…" not in images + steps
+    assert re.search(r" 0/1000 +-:--:--$", images) and "images 1-4/1000 (seed 9223372036854775807)" in steps
+    assert re.search(r"5/30 +\d+\.\d\d it/s -:--:--$", steps), steps
