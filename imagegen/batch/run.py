@@ -38,7 +38,7 @@ def auto_batch_size(device: str, latent_width: int, latent_height: int) -> int:
 
 
 class _Stop:
-    """Ctrl-C handling: the first press asks to stop after the current group, the second stops at once."""
+    """Ctrl-C handling: the first press asks to stop after the current micro-batch, the second stops at once."""
 
     def __init__(self, progress):
         self.requested = False
@@ -54,7 +54,7 @@ class _Stop:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        self._progress.note("stopping after the current group and writing what is done (Ctrl-C again to stop now)")
+        self._progress.note("stopping after the current micro-batch and writing what is done (Ctrl-C again to stop now)")
 
     def __exit__(self, *exc):
         if self._previous is not None:
