@@ -324,3 +324,24 @@ def test_the_txt2img_bar_keeps_every_column_whole_at_80_columns():
     assert len(images) <= 80 and len(steps) <= 80 and "…" not in images + steps
     assert re.search(r" 0/1000 +-:--:--$", images) and "images 1-4/1000 (seed 9223372036854775807)" in steps
     assert re.search(r"5/30 +\d+\.\d\d it/s -:--:--$", steps), steps
+
+
+def test_no_help_text_holds_what_rich_would_take_for_markup():
+    """Help is rendered as Rich markup: an unescaped [word] would vanish from the screen."""
+    import typer
+
+    from imagegen.cli import app
+
+    def texts(command, path):
+        yield path, command.help or ""
+        yield path, command.epilog or ""
+        for param in command.params:
+            yield f"{path} {param.name}", getattr(param, "help", None) or ""
+        for name, sub in getattr(command, "commands", {}).items():
+            yield from texts(sub, f"{path} {name}")
+
+    root = typer.main.get_command(app)
+    found = list(texts(root, "imagegen"))
+    assert len(found) > 100 and ("imagegen presets show", "Show one preset: its model, defaults, allowed schedulers, "
+                                 "and its ControlNet and IP-Adapter tables.") in found
+    assert [(where, text) for where, text in found if re.search(r"(?<!\\)\[[\w/ .=-]*\]", text)] == []

@@ -37,7 +37,7 @@ def presets_list(json_: Json = False, debug: Debug = False) -> None:
 @presets_app.command("show")
 def presets_show(name: Annotated[str, typer.Argument(help="Preset name or .toml path.")], json_: Json = False,
                  debug: Debug = False) -> None:
-    """Show one preset: its model, defaults, allowed schedulers, and its [controlnet] and [ip_adapter] tables."""
+    """Show one preset: its model, defaults, allowed schedulers, and its ControlNet and IP-Adapter tables."""
     from ..presets import load_preset
 
     data = _preset_json(load_preset(name))
