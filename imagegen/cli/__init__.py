@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         hint = f" (see: imagegen {argv[0]} --help)" if known else " (see: imagegen --help)"
         sys.stderr.write(f"imagegen: error: {message}{hint}\n")
         return getattr(exc, "exit_code", 2)
+    except SystemExit as exc:  # --show-completion, --install-completion and shell completion end with sys.exit
+        return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
     except (typer.Abort, KeyboardInterrupt):
         sys.stderr.write("imagegen: interrupted\n")
         return 130
