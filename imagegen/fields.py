@@ -17,6 +17,7 @@ DTYPES = {
 }
 METADATA_MODES = ("full", "none")
 DEFAULT_NAME = "{index:04d}-{seed}"
+GENERATION, MODEL, OUTPUT = "Generation", "Model", "Output"  # --help panels
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class Field:
     literals: tuple = ()  # JSON values accepted besides the types ("random" for a seed)
     preset: bool = False  # a preset's [defaults] table may set it
     items: tuple[type, ...] = ()  # the JSON types of a list's elements; default: the field's non-list types
+    panel: str | None = None  # the --help panel listing its option; an adapter's fields get the adapter's
 
     @property
     def item_types(self) -> tuple[type, ...]:
@@ -200,39 +202,41 @@ def _one(value: Any) -> int:
 CORE_FIELDS: tuple[Field, ...] = (
     Field("prompt", text, (str,), "What to draw.", replay="prompt", hashed=("prompt",)),
     Field("negative", text, (str,), "Negative prompt (acts through CFG).", replay="negative", hashed=("negative",),
-          preset=True),
+          preset=True, panel=GENERATION),
     Field("seed", parse_seed, (int,), "First seed; image i gets seed+i. Default: random, printed and recorded.",
-          replay="seed", hashed=("seed",), metavar="INT", literals=("random",)),
+          replay="seed", hashed=("seed",), metavar="INT", literals=("random",), panel=GENERATION),
     Field("steps", integer(1, 1000), (int,), "Denoising steps.", replay="steps", hashed=("steps",),
-          call=("steps",), metavar="INT", preset=True),
+          call=("steps",), metavar="INT", preset=True, panel=GENERATION),
     Field("cfg", number(0.0, 100.0), (int, float), "Classifier-free guidance scale.", replay="cfg", hashed=("cfg",),
-          call=("cfg",), metavar="FLOAT", preset=True),
+          call=("cfg",), metavar="FLOAT", preset=True, panel=GENERATION),
     Field("guidance", number(0.0, 100.0), (int, float),
-          "Flux-dev's distilled guidance embedding (not CFG; schnell ignores it).", replay="guidance",
-          hashed=("guidance",), call=("guidance",), metavar="FLOAT", preset=True),
+          "Flux-dev's distilled guidance embedding (not CFG; refused for a model without one, such as schnell).", replay="guidance",
+          hashed=("guidance",), call=("guidance",), metavar="FLOAT", preset=True, panel=GENERATION),
     Field("size", parse_size, (str, list), "Image size, e.g. 1024x768; a multiple of the model's VAE scale x patch size.",
           replay=lambda r: (r.get("width"), r.get("height")), hashed=("width", "height"), call=("width", "height"),
-          metavar="WxH", json_words='"WxH" or [w, h]', preset=True, items=(int,)),
+          metavar="WxH", json_words='"WxH" or [w, h]', preset=True, items=(int,), panel=GENERATION),
     Field("scheduler", name, (str,), "Scheduler by A1111 ('DPM++ 2M Karras'), ComfyUI ('dpmpp_2m karras'), slug or "
           "diffusers class name; see `imagegen schedulers`.", replay="scheduler.name", hashed=("scheduler",),
-          call=("scheduler",), flags=("--scheduler", "-s"), preset=True),
-    Field("n", integer(1, 100_000), (int,), "Number of images.", replay=_one, flags=("-n", "--n"), metavar="INT"),
+          call=("scheduler",), flags=("--scheduler", "-s"), preset=True, panel=GENERATION),
+    Field("n", integer(1, 100_000), (int,), "Number of images.", replay=_one, flags=("-n", "--n"), metavar="INT",
+          panel=GENERATION),
     Field("batch_size", integer(1, 1024), (int,), "Images per pipeline call (results do not depend on it).",
-          line=False, replay=_one, metavar="INT"),
+          line=False, replay=_one, metavar="INT", panel=GENERATION),
     Field("preset", name, (str,), "Preset name or .toml path; see `imagegen presets list`. Default: sdxl; `demo` runs "
-          "offline with no download.", replay="model.preset", flags=("--preset", "-p")),
+          "offline with no download.", replay="model.preset", flags=("--preset", "-p"), panel=MODEL),
     Field("model", name, (str,), "A diffusers folder, hub repo id or builtin:demo (overrides the preset's model).",
-          replay="model.id", hashed=("model",), call=("model",), flags=("--model", "-m")),
+          replay="model.id", hashed=("model",), call=("model",), flags=("--model", "-m"), panel=MODEL),
     Field("revision", name, (str,), "Hub revision (branch, tag or commit).", replay="model.revision",
-          hashed=("revision",), call=("revision",)),
+          hashed=("revision",), call=("revision",), panel=MODEL),
     Field("variant", name, (str,), "Weight variant, e.g. fp16.", replay="model.variant", hashed=("variant",),
-          call=("variant",)),
+          call=("variant",), panel=MODEL),
     Field("dtype", parse_dtype, (str,), "auto (fp16/bf16 on GPU, fp32 on CPU), float16, bfloat16, float32.",
-          line=False, replay="runtime.dtype", call=("dtype",)),
+          line=False, replay="runtime.dtype", call=("dtype",), panel=MODEL),
     Field("device", parse_device, (str,), "auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps.", line=False,
-          replay="runtime.device", call=("device",)),
-    Field("out", name, (str,), "Output folder. Default: ./outputs", line=False, flags=("--out", "-o")),
+          replay="runtime.device", call=("device",), panel=MODEL),
+    Field("out", name, (str,), "Output folder. Default: ./outputs", line=False, flags=("--out", "-o"), panel=OUTPUT),
     Field("name", name, (str,), "File-name template; placeholders {index} {seed} {prompt} {preset} {scheduler} "
-          "{steps} {cfg} {width} {height} {model} {date}. Default: {index:04d}-{seed}"),
-    Field("metadata", parse_metadata, (str,), "full (PNG chunks + JSON sidecar) or none (privacy).", line=False),
+          "{steps} {cfg} {width} {height} {model} {date}. Default: {index:04d}-{seed}", panel=OUTPUT),
+    Field("metadata", parse_metadata, (str,), "full (PNG chunks + JSON sidecar) or none (privacy).", line=False,
+          panel=OUTPUT),
 )

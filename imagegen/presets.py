@@ -144,8 +144,19 @@ def preset_files() -> dict[str, Path]:
 
 
 def list_presets() -> list[Preset]:
-    """Every available preset, validated."""
+    """Every available preset, validated; a broken one raises (scan_presets lists the rest instead)."""
     return [read_preset_file(path) for path in preset_files().values()]
+
+
+def scan_presets() -> tuple[list[Preset], list[str]]:
+    """Every preset that reads and validates, and one line for each file that does not (naming it and the problem)."""
+    good, bad = [], []
+    for path in preset_files().values():
+        try:
+            good.append(read_preset_file(path))
+        except UsageError as exc:
+            bad.append(str(exc).removeprefix("--preset "))  # listing, not a flag: "<file>: <problem>"
+    return good, bad
 
 
 def load_preset(name_or_path: str) -> Preset:

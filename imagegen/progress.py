@@ -67,16 +67,17 @@ class RichProgress(_RichConsole, NullProgress):
     """A Rich bar on stderr: steps and it/s for the current image(s), and images done of the total."""
 
     def start(self, total: int, steps: int) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self._progress = Progress(
             TextColumn("{task.description}"),
-            BarColumn(),
+            _bar(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[rate]}"),
             TimeRemainingColumn(),
             console=self.console,
             transient=False,
+            expand=True,  # the bar takes what the other columns leave, so none of them is cut at 80 columns
         )
         self._progress.start()
         self._images = self._progress.add_task("images", total=total, rate="")
@@ -106,6 +107,14 @@ class RichProgress(_RichConsole, NullProgress):
     def finish(self) -> None:
         if self._progress is not None:
             self._progress.stop()
+
+
+def _bar(ratio: int = 1):
+    """A bar as wide as the columns with no ratio leave (shared with any other ratio column), at least 5 wide."""
+    from rich.progress import BarColumn
+    from rich.table import Column
+
+    return BarColumn(bar_width=None, table_column=Column(ratio=ratio, min_width=5))
 
 
 class NullBatchProgress:
@@ -160,17 +169,22 @@ class RichBatchProgress(_RichConsole, NullBatchProgress):
     def start(self, total: int) -> None:
         import time
 
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.table import Column
 
+        # Counts, rate, ETA and step keep their width; the bar and the prompt share the rest (the prompt is cut with
+        # an ellipsis), so at 80 columns the ETA is never squeezed to "0:0…".
         self._progress = Progress(
             TextColumn("images"),
-            BarColumn(),
+            _bar(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[rate]}"),
             TimeRemainingColumn(),
             TextColumn("{task.fields[step]}"),
-            TextColumn("{task.fields[prompt]}", markup=False),
+            TextColumn("{task.fields[prompt]}", markup=False,
+                       table_column=Column(ratio=2, no_wrap=True, overflow="ellipsis")),
             console=self.console,
+            expand=True,
         )
         self._progress.start()
         self._task = self._progress.add_task("batch", total=total, rate="", step="", prompt="")

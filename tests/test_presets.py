@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from imagegen import UsageError, list_presets, load_preset
@@ -117,3 +119,38 @@ def test_presets_cli(cli):
     assert shown.code == 0 and "stabilityai/stable-diffusion-3-medium-diffusers" in shown.out
     missing = cli("presets", "show", "nope")
     assert missing.code == 2 and missing.err.count("\n") == 1 and "available:" in missing.err
+
+
+def test_a_broken_user_preset_is_reported_and_the_rest_listed(cli, isolated_home):
+    presets = isolated_home / "presets"
+    write(presets / "mine.toml", GOOD)
+    write(presets / "broken.toml", "family = \n")
+    write(presets / "typo.toml", GOOD.replace("family", "famly"))
+    for args in (("presets", "list"), ("presets", "list", "--json")):
+        result = cli(*args)
+        assert result.code == 0, result.err
+        names = ({p["name"] for p in json.loads(result.out)} if "--json" in args
+                 else {line.split()[0] for line in result.out.splitlines()[1:]})
+        assert {"mine", "sdxl"} <= names and not names & {"broken", "typo"}
+        lines = result.err.splitlines()
+        assert len(lines) == 2 and "Traceback" not in result.err
+        assert lines[0].startswith(f"imagegen: warning: skipped {presets / 'broken.toml'}: not valid TOML")
+        assert lines[1] == (f"imagegen: warning: skipped {presets / 'typo.toml'}: unknown key 'famly' "
+                            "(did you mean 'family'?); valid keys: controlnet, defaults, description, dtype, family, "
+                            "ip_adapter, model, name, revision, schedulers, variant")
+    used = cli("txt2img", "x", "--preset", "broken", "--seed", "1")
+    assert used.code == 2 and used.err.count("\n") == 1
+    assert used.err.startswith(f"imagegen: error: {presets / 'broken.toml'}: not valid TOML")
+    assert cli("presets", "show", "typo").code == 2
+
+
+def test_presets_show_includes_the_adapter_tables(cli):
+    shown = cli("presets", "show", "sdxl")
+    assert shown.code == 0
+    rows = dict(line.split(None, 1) for line in shown.out.splitlines())
+    assert rows["controlnet"] == "canny=diffusers/controlnet-canny-sdxl-1.0, depth=diffusers/controlnet-depth-sdxl-1.0"
+    assert rows["ip_adapter"].startswith("model=h94/IP-Adapter, ")
+
+    data = json.loads(cli("presets", "show", "sdxl", "--json").out)
+    assert data["controlnet"]["depth"] == "diffusers/controlnet-depth-sdxl-1.0"
+    assert data["ip_adapter"]["weight"].endswith(".safetensors")

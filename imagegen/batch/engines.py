@@ -30,6 +30,10 @@ class Engine:
         """This process's part of `items` (every process passes the same list)."""
         return items
 
+    def gather(self, value: Any) -> list:
+        """Every process's value, in process order, in every process (each process must call it)."""
+        return [value]
+
     def device(self, requested: str) -> str:
         """The device this process runs on."""
         from ..loading import resolve_device
@@ -59,6 +63,13 @@ class AccelerateEngine(Engine):
 
     def barrier(self) -> None:
         self._state.wait_for_everyone()
+
+    def gather(self, value: Any) -> list:
+        if self.world == 1:
+            return [value]
+        from accelerate.utils import gather_object
+
+        return gather_object([value])  # all_gather_object: each process's one-item list, concatenated in rank order
 
     def share(self, items: list) -> list:
         with self._state.split_between_processes(items) as mine:

@@ -25,6 +25,12 @@ class BatchResult:
     compile_warmup_s: float | None = None
     rank: int = 0
     world: int = 1
+    images: list[dict] = field(default_factory=list)  # every image of the plan with its file: see add_image
+
+    def add_image(self, item, path: Path, status: str) -> None:
+        """Record an image that has its file: "written" now, "skipped" (already done) or "adopted" (crash orphan)."""
+        self.images.append({"path": str(path), "seed": item.seed, "line": item.job.line, "job": item.job.index,
+                            "image": item.image, "index": item.index, "status": status})
 
     @property
     def images_per_s(self) -> float:
@@ -51,5 +57,26 @@ class BatchResult:
             "interrupted": self.interrupted,
             "compile_warmup_s": None if self.compile_warmup_s is None else round(self.compile_warmup_s, 3),
             "failures": self.failures,
+            "images": sorted(self.images, key=lambda i: i["index"]),
             "process": {"rank": self.rank, "world": self.world},
         }
+
+    @classmethod
+    def merge(cls, results: list[BatchResult]) -> BatchResult:
+        """One result for the processes of a run (each made its share): counts add up, the wall time is the longest."""
+        first = results[0]
+        if len(results) == 1:
+            return first
+        merged = cls(out_dir=first.out_dir, total=sum(r.total for r in results), rank=0, world=len(results),
+                     invalid=first.invalid)  # every process saw the same invalid lines
+        for name in ("done", "skipped", "adopted", "failed", "denoise_s"):
+            setattr(merged, name, sum(getattr(r, name) for r in results))
+        merged.wall_s = max(r.wall_s for r in results)
+        sizes = dict.fromkeys(r.batch_size for r in results if r.done or r.failed)  # a process with no work chose none
+        merged.batch_size = " / ".join(sizes) or first.batch_size
+        merged.failures = [f for r in results for f in r.failures]
+        merged.images = [i for r in results for i in r.images]
+        merged.interrupted = any(r.interrupted for r in results)
+        warmups = [r.compile_warmup_s for r in results if r.compile_warmup_s is not None]
+        merged.compile_warmup_s = max(warmups) if warmups else None
+        return merged

@@ -20,6 +20,7 @@ SIDECAR_SUFFIX = ".json"
 class Resume:
     pending: list[PlannedImage]
     skipped: int = 0
+    done: list[tuple[PlannedImage, Path]] = field(default_factory=list)  # the skipped images and their files
     adopted: list[tuple[PlannedImage, dict]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -45,6 +46,7 @@ def check_done(plan: BatchPlan, *, act: bool) -> Resume:
                 sidecar = entry.data.get("sidecar")
                 if act and sidecar and not (plan.out_dir / sidecar).exists() and _restore_sidecar(png, entry):
                     state.notes.append(f"{sidecar}: deleted since it was written; restored from its PNG's record")
+                state.done.append((item, png))
                 continue
             if png.is_file():
                 if act:
@@ -111,8 +113,8 @@ def _orphan(out_dir: Path, item: PlannedImage, referenced: set[str]) -> dict | N
     return record
 
 
-def adopt(out_dir: Path, item: PlannedImage, record: dict, manifest: ManifestWriter) -> None:
-    """Finish an orphan: write its missing sidecar from the PNG's record, then its manifest line."""
+def adopt(out_dir: Path, item: PlannedImage, record: dict, manifest: ManifestWriter) -> Path:
+    """Finish an orphan: write its missing sidecar from the PNG's record, then its manifest line; returns the PNG."""
     png = out_dir / f"{item.name}.png"
     sha = file_sha256(png)
     sidecar = None
@@ -121,6 +123,7 @@ def adopt(out_dir: Path, item: PlannedImage, record: dict, manifest: ManifestWri
         if not sidecar.exists():
             write_sidecar(png, record, sha)
     manifest.append(done_line(out_dir, item, png, sidecar, sha, (record.get("output") or {}).get("pixels_sha256")))
+    return png
 
 
 def write_sidecar(png: Path, record: dict, sha: str) -> None:

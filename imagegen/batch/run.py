@@ -38,7 +38,7 @@ def auto_batch_size(device: str, latent_width: int, latent_height: int) -> int:
 
 
 class _Stop:
-    """Ctrl-C handling: the first press asks to stop after the current group, the second stops at once."""
+    """Ctrl-C handling: the first press asks to stop after the current micro-batch, the second stops at once."""
 
     def __init__(self, progress):
         self.requested = False
@@ -54,7 +54,7 @@ class _Stop:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        self._progress.note("stopping after the current group and writing what is done (Ctrl-C again to stop now)")
+        self._progress.note("stopping after the current micro-batch and writing what is done (Ctrl-C again to stop now)")
 
     def __exit__(self, *exc):
         if self._previous is not None:
@@ -108,8 +108,10 @@ def _resume(plan: BatchPlan, engine: Engine, manifest: ManifestWriter, result: B
                      "base_seed": plan.base_seed, "images": len(plan.images), "rank": engine.rank,
                      "world": engine.world, "imagegen": lib_versions.get("imagegen")})
     if engine.rank == 0:
+        for item, png in resume.done:
+            result.add_image(item, png, "skipped")
         for item, record in resume.adopted:
-            adopt(plan.out_dir, item, record, manifest)
+            result.add_image(item, adopt(plan.out_dir, item, record, manifest), "adopted")
         result.skipped, result.adopted = resume.skipped, len(resume.adopted)
         for note in resume.notes:
             progress.note(note)
@@ -238,6 +240,7 @@ class _Runner:
             self.manifest.append(done_line(plan.out_dir, item, written.png, written.sidecar, written.sha256,
                                            record["output"]["pixels_sha256"]))
             self.result.done += 1
+            self.result.add_image(item, written.png, "written")
             self.progress.image_done(item, written.png)
 
         return task

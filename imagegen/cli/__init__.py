@@ -9,7 +9,9 @@ import typer
 
 from ..errors import ImagegenError
 from . import commands, listing  # noqa: F401  (the commands register themselves on the app)
-from .app import app
+from .app import add_examples, app
+
+add_examples()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,6 +71,8 @@ def _run(command, argv: list[str], debug: bool) -> int:
         hint = f" (see: imagegen {argv[0]} --help)" if known else " (see: imagegen --help)"
         sys.stderr.write(f"imagegen: error: {message}{hint}\n")
         return getattr(exc, "exit_code", 2)
+    except SystemExit as exc:  # --show-completion, --install-completion and shell completion end with sys.exit
+        return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
     except (typer.Abort, KeyboardInterrupt):
         sys.stderr.write("imagegen: interrupted\n")
         return 130

@@ -1,14 +1,56 @@
 """The Typer application the commands register on (imagegen.cli.main runs it)."""
 
+from typing import Annotated
+
 import typer
+
+from .. import __version__
 
 app = typer.Typer(
     name="imagegen",
-    help="Generate images with diffusers pipelines: presets, schedulers by any name, reproducible metadata.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion SHELL (bash, zsh, fish, powershell)
     pretty_exceptions_enable=False,
-    rich_markup_mode=None,
+    rich_markup_mode="rich",  # for the option panels; help text escapes its [brackets]
 )
 presets_app = typer.Typer(help="List and show presets.", no_args_is_help=True)
 app.add_typer(presets_app, name="presets")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"imagegen {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Generate images with diffusers pipelines: presets, schedulers by any name, reproducible metadata."""
+
+
+# One or two runnable examples per command, shown under its --help (added in imagegen.cli once all are registered).
+EXAMPLES = {
+    "txt2img": ['imagegen txt2img "a lighthouse at dusk" --preset sdxl -s "DPM++ 2M Karras" --seed 42 -n 4',
+                'imagegen txt2img "a red circle on a blue background" --preset demo   (offline, CPU, seconds)'],
+    "batch": ["imagegen batch prompts.txt --preset flux-schnell --out runs/catalog   (a rerun resumes)",
+              "imagegen batch jobs.jsonl --preset sdxl -n 2 --batch-size auto --json"],
+    "compare": ['imagegen compare "a fox" --preset sdxl --schedulers "Euler,UniPC" --steps 10,20,30'],
+    "reproduce": ["imagegen reproduce outputs/0003-45.png --verify"],
+    "schedulers": ["imagegen schedulers --preset sd3", "imagegen schedulers --family flux --json"],
+    "list": ["imagegen presets list", "imagegen presets list --json"],
+    "show": ["imagegen presets show sdxl"],
+}
+
+
+def add_examples(typer_app: typer.Typer = app) -> None:
+    """Give every registered command without an epilog its examples, one a line."""
+    for info in typer_app.registered_commands:
+        name = info.name or info.callback.__name__.replace("_", "-")
+        if info.epilog is None and name in EXAMPLES:
+            # Rich help joins the lines of a paragraph: a blank line between examples keeps one a line.
+            info.epilog = "\n\n".join(["Examples:", *(f"  {e}" for e in EXAMPLES[name])]).replace("[", "\\[")
+    for group in typer_app.registered_groups:
+        add_examples(group.typer_instance)

@@ -28,8 +28,39 @@ def _emit(result, as_json: bool) -> None:
         sys.stdout.write(json.dumps(result.to_json()) + "\n")
 
 
+def _batch_size(value: str) -> int | None:
+    """--batch-size as the runners take it: an integer, or None for auto."""
+    from ..errors import UsageError
+    from ..request import PARSERS
+
+    if value.strip().lower() == "auto":
+        return None
+    try:
+        return PARSERS["batch_size"](value)
+    except ValueError as exc:
+        raise UsageError(f"--batch-size: {exc}, or auto") from None
+
+
+def _auto_batch_size(req):
+    """The request with --batch-size auto decided by batch's rule (batch.auto_batch_size): device and latent size."""
+    from dataclasses import replace
+
+    from ..batch import auto_batch_size
+    from ..loading import resolve_device
+
+    # Every shipped family's VAE downsamples by 8 (a batch reads the factor from the loaded pipeline: the same).
+    size = auto_batch_size(resolve_device(req.device), req.width // 8, req.height // 8)
+    return replace(req, batch_size=min(size, req.n))
+
+
+_TXT2IMG = {
+    "batch_size": {"help": "Images per pipeline call, or auto (by device and latent size, as batch picks). Results do "
+                           "not depend on it. Default: 1", "metavar": "INT|auto"},
+}
+
+
 @app.command()
-@with_fields(GENERATION)
+@with_fields(GENERATION, **_TXT2IMG)
 def txt2img(
     prompt: Annotated[str, typer.Argument(help="What to draw.")],
     quiet: Quiet = False, json_: Json = False, debug: Debug = False, **fields,
@@ -38,9 +69,12 @@ def txt2img(
     from ..generate import run
     from ..resolve import check_companions, resolve
 
-    layer = flags({**fields, "prompt": prompt})
+    size = fields.pop("batch_size")
+    auto = size is not None and _batch_size(size) is None
+    layer = flags({**fields, "prompt": prompt, "batch_size": None if auto else size})
     check_companions(layer)
-    _emit(run(resolve(layer), progress=_progress(quiet)), json_)
+    req = resolve(layer)
+    _emit(run(_auto_batch_size(req) if auto else req, progress=_progress(quiet)), json_)
 
 
 _BATCH = {
@@ -59,60 +93,60 @@ _BATCH = {
 @with_fields(GENERATION, **_BATCH)
 def batch(
     file: Annotated[str, typer.Argument(metavar="FILE", help="Prompt file: .txt (one prompt a line), .jsonl or .csv (per-line fields); - reads stdin.")],
-    format_: Annotated[Optional[str], typer.Option("--format", help="Prompt-file format when the name does not say: txt, jsonl, csv.")] = None,
-    expand: Annotated[bool, typer.Option("--expand", help="Expand {a|b|c} alternatives into one job per combination.")] = False,
-    skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Run the valid lines even if some are invalid (each is reported).")] = False,
-    restart: Annotated[bool, typer.Option("--restart", help="Start over in a new folder (OUT-2, OUT-3, ...) instead of resuming; nothing is overwritten.")] = False,
-    fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failed job (default: record it and go on; exit code 3).")] = False,
-    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the denoiser: pays off on long runs; the warm-up time is reported.")] = False,
-    max_images: Annotated[Optional[int], typer.Option("--max-images", min=1, metavar="INT", help="Refuse a batch that would make more images than this, before planning them (default 100000; a plan holds every image before any is made).")] = None,
-    engine: Annotated[Optional[str], typer.Option("--engine", help="Where the images are made: local (this process), accelerate (the processes of `accelerate launch`), or auto (the default: accelerate under a multi-process launcher, else local; IMAGEGEN_ENGINE overrides auto).")] = None,
+    format_: Annotated[Optional[str], typer.Option("--format", help="Prompt-file format when the name does not say: txt, jsonl, csv.", rich_help_panel="Batch")] = None,
+    expand: Annotated[bool, typer.Option("--expand", help="Expand {a|b|c} alternatives into one job per combination.", rich_help_panel="Batch")] = False,
+    skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Run the valid lines even if some are invalid (each is reported).", rich_help_panel="Batch")] = False,
+    restart: Annotated[bool, typer.Option("--restart", help="Start over in a new folder (OUT-2, OUT-3, ...) instead of resuming; nothing is overwritten.", rich_help_panel="Batch")] = False,
+    fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failed job (default: record it and go on; exit code 3).", rich_help_panel="Batch")] = False,
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the denoiser: pays off on long runs; the warm-up time is reported.", rich_help_panel="Batch")] = False,
+    max_images: Annotated[Optional[int], typer.Option("--max-images", min=1, metavar="INT", help="Refuse a batch that would make more images than this, before planning them (default 100000; a plan holds every image before any is made).", rich_help_panel="Batch")] = None,
+    engine: Annotated[Optional[str], typer.Option("--engine", help="Where the images are made: local (this process), accelerate (the processes of `accelerate launch`), or auto (the default: accelerate under a multi-process launcher, else local; IMAGEGEN_ENGINE overrides auto).", rich_help_panel="Batch")] = None,
     quiet: Quiet = False, json_: Json = False, debug: Debug = False, **fields,
 ) -> None:
     """Generate every prompt of a file: validated first, resumable, crash-safe (flags are every line's defaults)."""
-    from ..batch import get_engine, prepare, run_batch
+    from ..batch import BatchResult, get_engine, prepare, run_batch
     from ..errors import Interrupted, JobsFailed, UsageError
     from ..fields import parse_seed
-    from ..request import PARSERS
 
     seed, batch_size = fields.pop("seed"), fields.pop("batch_size")
     try:
         base_seed = parse_seed(seed) if seed is not None else None
     except ValueError as exc:
         raise UsageError(f"--seed: {exc}") from None
-    size_arg = None if batch_size.strip().lower() == "auto" else batch_size
-    if size_arg is not None:
-        try:
-            size_arg = PARSERS["batch_size"](size_arg)
-        except ValueError as exc:
-            raise UsageError(f"--batch-size: {exc}, or auto") from None
+    size_arg = _batch_size(batch_size)
     runner = get_engine(engine)
     limit = {"max_images": max_images} if max_images is not None else {}
     plan = prepare(file, flags(fields), base_seed=base_seed, fmt=format_, expand=expand, skip_invalid=skip_invalid,
                    restart=restart, engine=runner, **limit)
     result = run_batch(plan, batch_size=size_arg, fail_fast=fail_fast, compile=compile_,
                        progress=_batch_progress(quiet), engine=runner)
-    if json_:
+    result = BatchResult.merge(runner.gather(result))  # under accelerate: one result for all processes
+    if runner.rank == 0 and json_:
         sys.stdout.write(json.dumps(result.to_json()) + "\n")
-    elif not quiet:
+    elif runner.rank == 0 and not quiet:
         _batch_summary(result)
+    error = None
     if result.interrupted:
-        raise Interrupted(
+        error = Interrupted(
             f"interrupted: {result.done} new images written, {result.remaining} to go; run the same command again "
             f"(same file and --out {result.out_dir}) to resume"
         )
-    if result.failed:
-        raise JobsFailed(
+    elif result.failed:
+        error = JobsFailed(
             f"{result.failed} image{'s' if result.failed != 1 else ''} failed (recorded in "
             f"{result.out_dir}/manifest.jsonl); a rerun retries them"
         )
+    if error is not None and runner.rank > 0:
+        raise typer.Exit(error.exit_code)  # the same exit code in every process; process 0 says why, once
+    if error is not None:
+        raise error
 
 
 def _batch_summary(result) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"batch {result.out_dir}" + (f" (process {result.rank + 1} of {result.world})" if result.world > 1 else ""))
+    table = Table(title=f"batch {result.out_dir}" + (f" ({result.world} processes)" if result.world > 1 else ""))
     table.caption = "skipped: already done, verified by sha256"
     for column in ("done", "skipped", "failed", "invalid", "wall", "img/s", "batch size"):
         table.add_column(column, justify="right")

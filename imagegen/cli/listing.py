@@ -12,11 +12,14 @@ from .options import Debug, Json
 
 @presets_app.command("list")
 def presets_list(json_: Json = False, debug: Debug = False) -> None:
-    """List the built-in and user presets."""
+    """List the built-in and user presets. A broken preset file is skipped and reported (one line each on stderr);
+    the others are listed and the exit code stays 0."""
     from ..paths import builtin_presets_dir
-    from ..presets import list_presets
+    from ..presets import scan_presets
 
-    presets = list_presets()
+    presets, broken = scan_presets()
+    for problem in broken:
+        sys.stderr.write(f"imagegen: warning: skipped {problem}\n")
     if json_:
         sys.stdout.write(json.dumps([_preset_json(p) for p in presets]) + "\n")
         return
@@ -34,7 +37,7 @@ def presets_list(json_: Json = False, debug: Debug = False) -> None:
 @presets_app.command("show")
 def presets_show(name: Annotated[str, typer.Argument(help="Preset name or .toml path.")], json_: Json = False,
                  debug: Debug = False) -> None:
-    """Show one preset: its model, defaults and allowed schedulers."""
+    """Show one preset: its model, defaults, allowed schedulers, and its ControlNet and IP-Adapter tables."""
     from ..presets import load_preset
 
     data = _preset_json(load_preset(name))
@@ -58,6 +61,7 @@ def _preset_json(p) -> dict:
         "name": p.name, "family": p.family.name, "model": p.model, "revision": p.revision, "variant": p.variant,
         "dtype": p.dtype, "description": p.description, "defaults": d,
         "schedulers": [SAMPLERS[s].a1111 for s in p.schedulers], "source": str(p.source),
+        **p.tables,  # [controlnet], [ip_adapter]: the adapters' defaults
     }
 
 

@@ -3,20 +3,33 @@
 signature; the command receives the values as keyword arguments."""
 
 import inspect
+import re
 from typing import Annotated, Any, Callable, Optional
 
 import typer
 
+from ..adapters import ADAPTERS
 from ..families import cfg_help_text
+from ..fields import OUTPUT
 from ..request import FIELDS, Request
 
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or notes on stderr.")]
-Json = Annotated[bool, typer.Option("--json", help="Print one JSON result on stdout.")]
-Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or notes on stderr.", rich_help_panel=OUTPUT)]
+Json = Annotated[bool, typer.Option("--json", help="Print one JSON result on stdout.", rich_help_panel=OUTPUT)]
+Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.", rich_help_panel=OUTPUT)]
 
 # What each group of commands takes: every generating field, minus what a command handles its own way.
 GENERATION = tuple(name for name in FIELDS if name != "prompt")
 HELP = {"cfg": FIELDS["cfg"].help + " " + cfg_help_text() + "."}
+PRESET_DEFAULT = "Default: the preset's (imagegen presets show NAME)."
+# An adapter's options share one panel named after it: its `panel`, else its class name (IPAdapter -> IP-Adapter).
+ADAPTER_PANELS = {f.name: getattr(a, "panel", None) or re.sub(r"(?<=[A-Z])(?=[A-Z][a-z])", "-", type(a).__name__)
+                  for a in ADAPTERS for f in a.fields}
+
+
+def field_help(name: str) -> str:
+    """A field's option help; a field a preset may set says that the preset gives its default."""
+    text = HELP.get(name) or FIELDS[name].help
+    return f"{text} {PRESET_DEFAULT}" if FIELDS[name].preset else text
 
 
 def option(name: str, *, help: str | None = None, default: Any = None, metavar: str | None = None) -> inspect.Parameter:
@@ -25,7 +38,9 @@ def option(name: str, *, help: str | None = None, default: Any = None, metavar: 
     kind = Optional[list[str]] if field.repeat else Optional[str]
     if default is not None:
         kind = str
-    info = typer.Option(*field.options, help=help or HELP.get(name) or field.help, metavar=metavar or field.metavar)
+    text = (help or field_help(name)).replace("[", "\\[")  # Rich markup: a [table] in help stays literal
+    info = typer.Option(*field.options, help=text, metavar=metavar or field.metavar,
+                        rich_help_panel=field.panel or ADAPTER_PANELS.get(name))
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[kind, info])
 
 
@@ -40,16 +55,24 @@ def with_fields(names: tuple[str, ...], **overrides: dict) -> Callable:
         generated = [option(name, **overrides.get(name, {})) for name in names if name not in taken]
         head = [p for p in own if p.default is inspect.Parameter.empty]
         tail = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own if p.default is not inspect.Parameter.empty]
+        # --help lists panels in order of first use: the command's own options first, Output last.
+        options = sorted([*tail, *generated], key=lambda p: _panel(p) == OUTPUT)
 
         def command(**values):
             return func(**values)
 
         command.__name__, command.__doc__, command.__module__ = func.__name__, func.__doc__, func.__module__
-        command.__signature__ = inspect.Signature(head + generated + tail)
+        command.__signature__ = inspect.Signature(head + options)
         command.fields = tuple(p.name for p in generated)  # for the test that options match the field table
         return command
 
     return decorate
+
+
+def _panel(param: inspect.Parameter) -> str | None:
+    """The --help panel of a generated or declared option."""
+    info = next(iter(getattr(param.annotation, "__metadata__", ())), None)
+    return getattr(info, "rich_help_panel", None)
 
 
 def flags(values: dict) -> Request:
