@@ -137,6 +137,17 @@ def text(value: Any) -> str:
     return value
 
 
+# Characters in a prompt: far beyond any real one (CLIP reads 77 tokens a chunk); megabytes would tokenize for minutes.
+MAX_PROMPT = 20_000
+
+
+def prompt_text(value: Any) -> str:
+    value = text(value)
+    if len(value) > MAX_PROMPT:
+        raise ValueError(f"is {len(value):,} characters long; at most {MAX_PROMPT:,} are allowed")
+    return value
+
+
 def name(value: Any) -> str:
     value = text(value).strip()
     if not value:
@@ -200,8 +211,8 @@ def _one(value: Any) -> int:
 
 # The fields of every generating command, in the order options are listed. Adapters add theirs (imagegen.adapters).
 CORE_FIELDS: tuple[Field, ...] = (
-    Field("prompt", text, (str,), "What to draw.", replay="prompt", hashed=("prompt",)),
-    Field("negative", text, (str,), "Negative prompt (acts through CFG).", replay="negative", hashed=("negative",),
+    Field("prompt", prompt_text, (str,), "What to draw.", replay="prompt", hashed=("prompt",)),
+    Field("negative", prompt_text, (str,), "Negative prompt (acts through CFG).", replay="negative", hashed=("negative",),
           preset=True, panel=GENERATION),
     Field("seed", parse_seed, (int,), "First seed; image i gets seed+i. Default: random, printed and recorded.",
           replay="seed", hashed=("seed",), metavar="INT", literals=("random",), panel=GENERATION),

@@ -10,6 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from .errors import RunError, UsageError
+from .paths import MB, read_regular
 
 BUILTIN = "builtin:"
 _SHA = re.compile(r"[0-9a-f]{40}")
@@ -40,8 +41,8 @@ def local_path(model: str) -> Path:
 def read_json(path: str | Path) -> dict | None:
     """The JSON in a file, or None if it is missing or unreadable."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = json.loads(read_regular(path, label=str(path), limit=16 * MB).decode("utf-8"))
+    except (OSError, ValueError, UsageError):  # missing, unreadable, not JSON, or not a plain file of config size
         return None
     return data if isinstance(data, dict) else None
 

@@ -10,6 +10,9 @@ from functools import lru_cache
 from pathlib import Path
 
 from .errors import UsageError
+from .paths import MB, read_regular
+
+MAX_IMAGE_MB = 512  # a map or reference image; PIL's decompression-bomb limit caps the pixels themselves
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,7 @@ def _checked(path: str, size: int, mtime_ns: int, label: str) -> InputImage:
     from PIL import Image
 
     try:
-        data = Path(path).read_bytes()
+        data = read_regular(path, label=label, limit=MAX_IMAGE_MB * MB)
     except OSError as exc:
         raise UsageError(f"{label}: cannot read it ({exc.strerror or exc})") from None
     try:

@@ -10,7 +10,7 @@ from typing import Any
 from .adapters import ADAPTERS
 from .errors import UsageError, closest
 from .families import FAMILIES
-from .paths import builtin_presets_dir, user_presets_dir
+from .paths import MB, builtin_presets_dir, read_regular, user_presets_dir
 from .request import PARSERS, PRESET_FIELDS, Request
 from .schedulers import SAMPLERS, resolve_scheduler
 
@@ -123,11 +123,11 @@ def _schedulers(raw, family, where: str) -> list[str]:
 def read_preset_file(path: Path) -> Preset:
     """Read and validate one preset file."""
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(read_regular(path, label=f"--preset {path}", limit=MB).decode("utf-8"))
     except FileNotFoundError:
         raise UsageError(f"--preset {path}: no such file") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"--preset {path}: cannot read it ({exc})") from None
+        raise UsageError(f"--preset {path}: cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"{path}: not valid TOML: {exc}") from None
     return parse_preset(data, path)

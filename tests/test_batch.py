@@ -163,7 +163,9 @@ def test_a_bad_flag_is_reported_once_and_a_bad_single_line_by_its_line(cli, tmp_
     assert lines[0].startswith("imagegen: error: --scheduler: unknown scheduler 'Eulr'")
     write(tmp_path / "one.jsonl", '{"prompt": "x", "scheduler": "Eulr"}\n')
     result = cli("batch", "one.jsonl", "--preset", "demo")
-    assert result.code == 2 and result.err.startswith("one.jsonl:1: scheduler: unknown scheduler 'Eulr'")
+    lines = result.err.strip().splitlines()  # one bad line is one line on stderr, naming the file and line
+    assert result.code == 2 and len(lines) == 1
+    assert lines[0].startswith("imagegen: error: one.jsonl:1: scheduler: unknown scheduler 'Eulr'")
 
 
 def test_fixing_an_invalid_line_does_not_renumber_or_reseed_the_lines_after_it(tmp_path):

@@ -213,9 +213,9 @@ def test_library_warnings_are_one_line_notes_and_silent_with_quiet(capsys):
 
     with warnings.catch_warnings():
         _one_line_warnings(quiet=False)
-        warnings.warn("Should have tb<=t1 but got\ntb=1.0000001", UserWarning)
-        warnings.warn("Should have tb<=t1 but got\ntb=1.0000001", UserWarning)
-    assert capsys.readouterr().err == "note: UserWarning: Should have tb<=t1 but got tb=1.0000001\n"
+        warnings.warn("A library notice\nover two lines", UserWarning)
+        warnings.warn("A library notice\nover two lines", UserWarning)
+    assert capsys.readouterr().err == "note: UserWarning: A library notice over two lines\n"
     with warnings.catch_warnings():
         _one_line_warnings(quiet=True)
         warnings.warn("noisy", UserWarning)
@@ -284,3 +284,19 @@ def test_a_deleted_sidecar_is_restored_on_resume(cli, tmp_path):
     restored = json.loads(sidecar.read_text())
     assert restored["output"] == original["output"] and restored["prompt"] == original["prompt"]
     assert restored["model"] == original["model"]
+
+
+def test_fifos_and_devices_are_refused_not_read_forever(cli, tmp_path, no_weights):
+    from imagegen.errors import UsageError
+    from imagegen.inputs import check_image
+
+    fifo = tmp_path / "p.txt"
+    os.mkfifo(fifo)
+    one_line_refusal(cli("batch", fifo, "--preset", "demo", "--out", tmp_path / "out"), "not a regular file")
+    one_line_refusal(cli("batch", "/dev/zero", "--format", "txt", "--preset", "demo", "--out", tmp_path / "out"),
+                     "not a regular file")
+    preset = tmp_path / "mine.toml"
+    os.mkfifo(preset)
+    one_line_refusal(cli("txt2img", "a fox", "--preset", preset, "--out", tmp_path / "out"), "not a regular file")
+    with pytest.raises(UsageError, match="not a regular file"):
+        check_image("/dev/zero", label="--control canny:/dev/zero")

@@ -77,11 +77,10 @@ def prepare(path: str, flags: Request, *, base_seed: int | None = None, fmt: str
     _refuse_bad_flag(resolved, defaults)
     errors.sort(key=_line_order)
     if errors and not skip_invalid:
-        raise InvalidLines(
-            f"{prompt_file.source}: {len(errors)} invalid line{'s' if len(errors) != 1 else ''}; nothing was run "
-            f"(fix {'them' if len(errors) != 1 else 'it'}, or pass --skip-invalid to run the valid lines)",
-            errors,
-        )
+        advice = "nothing was run (fix {0}, or pass --skip-invalid to run the valid lines)"
+        if len(errors) == 1:  # one bad line is one line on stderr
+            raise UsageError(f"{errors[0]}; {advice.format('it')}")
+        raise InvalidLines(f"{prompt_file.source}: {len(errors)} invalid lines; {advice.format('them')}", errors)
     if not images:
         raise UsageError(f"{prompt_file.source}: no valid lines to run")
     _check_names(images, out_dir)

@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UsageError, closest
+from ..paths import MB, read_regular
 from ..request import FIELDS, LINE_FIELDS, Request
 
 FORMATS = ("txt", "jsonl", "csv")
+MAX_FILE_MB = 256  # far beyond --max-images lines; a device or endless stream must not be read into memory
 # What one line may set is the field table's `line` flag: run-wide settings (out, device, dtype, batch size,
 # metadata) come from flags only. Fields naming files (`path`) are relative to the prompt file's folder.
 _ALTERNATIVES = re.compile(r"\{([^{}]*\|[^{}]*)\}")
@@ -122,14 +124,16 @@ def _rebase(layer: Request, folder: Path | None) -> Request:
 def _read_text(path: str, stdin) -> str:
     if path == "-":
         stream = stdin if stdin is not None else sys.stdin
-        data = stream.buffer.read() if hasattr(stream, "buffer") else stream.read()
+        data = stream.buffer.read(MAX_FILE_MB * MB + 1) if hasattr(stream, "buffer") else stream.read()
+        if len(data) > MAX_FILE_MB * MB:
+            raise UsageError(f"<stdin>: more than {MAX_FILE_MB} MB of prompts; split the file")
         where = "<stdin>"
     else:
         p = Path(path).expanduser()
         if p.is_dir():
             raise UsageError(f"{path}: is a folder, not a prompt file")
         try:
-            data = p.read_bytes()
+            data = read_regular(p, label=path, limit=MAX_FILE_MB * MB)
         except FileNotFoundError:
             raise UsageError(f"{path}: no such prompt file") from None
         except OSError as exc:
@@ -182,6 +186,10 @@ def _jsonl_rows(text: str, source: str, errors: list[str]):
             data = json.loads(raw, parse_constant=_no_constant)
         except ValueError as exc:
             errors.append(f"{where}: not valid JSON ({exc})")
+            yield number, None
+            continue
+        except RecursionError:
+            errors.append(f"{where}: not a prompt line (JSON nested too deeply)")
             yield number, None
             continue
         if not isinstance(data, dict):

@@ -31,8 +31,7 @@ def _one_line_warnings(*, quiet: bool) -> None:
     if quiet:
         warnings.simplefilter("ignore")
         return
-    warnings.simplefilter("once")
-    seen: set[str] = set()
+    seen: set[str] = set()  # the filters stay Python's (deprecation warnings hidden); a text shows once
 
     def show(message, category, filename, lineno, file=None, line=None):
         text = " ".join(str(message).split())
