@@ -44,10 +44,18 @@ def test_a1111_text_reads_with_a1111_regex():
 
 
 def test_values_with_commas_and_colons_are_quoted():
-    text = a1111_parameters(record(model={**record()["model"], "id": "C:\\models\\a,b"}))
+    text = a1111_parameters(record(model={**record()["model"], "id": "org/a,b:c"}))
     parsed = parse_parameters(text)
-    assert parsed["Model"] == "C:\\models\\a,b"
+    assert parsed["Model"] == "org/a,b:c"
     assert parsed["Seed"] == "42"
+
+
+def test_a1111_model_is_a_name_with_its_hash_never_a_path():
+    model = {**record()["model"], "id": "C:\\models\\a,b", "local": True, "sha256": "ab" * 32}
+    parsed = parse_parameters(a1111_parameters(record(model=model)))
+    assert parsed["Model"] == "a,b" and parsed["Model hash"] == "ab" * 5
+    posix = parse_parameters(a1111_parameters(record(model={**model, "id": "/home/alice/models/tiny"})))
+    assert posix["Model"] == "tiny"
 
 
 def test_parse_multiline_prompt_and_no_negative():
