@@ -76,6 +76,12 @@ def source_path(source: str, mode: str, folder: Path) -> str:
     return portable_path(os.path.abspath(os.path.expanduser(source)), folder)
 
 
+def private_text(text: str, mode: str) -> str:
+    """A message (a failed job's error) as a manifest keeps it: outside full mode, the home folder reads as ~."""
+    home = str(Path.home())
+    return text if mode == "full" or len(home) < 2 else text.replace(home, "~")
+
+
 def for_replay(record: dict, folder: Path) -> dict:
     """The record with its relative input paths made absolute against its own folder."""
     def image(path: str) -> str:

@@ -15,7 +15,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from imagegen.hashes import find_weights, weights_sha256
 from imagegen.metadata import a1111_layer
-from imagegen.portable import portable_path
+from imagegen.portable import portable_path, private_text
 
 
 @pytest.fixture(scope="module")
@@ -161,6 +161,9 @@ def test_portable_paths_never_spell_out_home_or_root(tmp_path):
     assert portable_path(str(Path.home().parent / "someone" / "x.png"), out) in ("x.png", "../someone/x.png")
     assert portable_path("/x.png", out) == "x.png"
     assert portable_path("rel/x.png", out) == "rel/x.png"
+    error = f"RunError: --model {Path.home() / 'models' / 'x'}: cannot load this folder"
+    assert private_text(error, "portable") == "RunError: --model ~/models/x: cannot load this folder"
+    assert private_text(error, "full") == error
 
 
 # ---- hostile sidecars: one line naming the file and key, exit 2, nothing written, no weights loaded

@@ -10,7 +10,7 @@ import threading
 import time
 
 from ..errors import ImagegenError, Interrupted, OutOfMemory
-from ..portable import source_path
+from ..portable import private_text, source_path
 from ..progress import NullBatchProgress
 from ..session import Session, active, write
 from ..writer import BackgroundWriter
@@ -220,7 +220,8 @@ class _Runner:
     def _fail(self, chunk: list[PlannedImage], error: str) -> None:
         for item in chunk:
             self.manifest.append({"type": "failed", "key": item.key, "hash": item.hash, "job": item.job.index,
-                                  "line": item.job.line, "image": item.image, "index": item.index, "error": error})
+                                  "line": item.job.line, "image": item.image, "index": item.index,
+                                  "error": private_text(error, item.req.metadata)})
             self.result.failed += 1
             self.result.failures.append({"line": item.job.line, "job": item.job.index, "image": item.image,
                                          "prompt": item.req.prompt, "error": error})
