@@ -15,7 +15,7 @@ DTYPES = {
     "bfloat16": "bfloat16", "bf16": "bfloat16",
     "float32": "float32", "fp32": "float32", "float": "float32",
 }
-METADATA_MODES = ("full", "none")
+METADATA_MODES = ("portable", "full", "none")
 DEFAULT_NAME = "{index:04d}-{seed}"
 GENERATION, MODEL, OUTPUT = "Generation", "Model", "Output"  # --help panels
 
@@ -248,6 +248,7 @@ CORE_FIELDS: tuple[Field, ...] = (
     Field("out", name, (str,), "Output folder. Default: ./outputs", line=False, flags=("--out", "-o"), panel=OUTPUT),
     Field("name", name, (str,), "File-name template; placeholders {index} {seed} {prompt} {preset} {scheduler} "
           "{steps} {cfg} {width} {height} {model} {date}. Default: {index:04d}-{seed}", panel=OUTPUT),
-    Field("metadata", parse_metadata, (str,), "full (PNG chunks + JSON sidecar) or none (privacy).", line=False,
-          panel=OUTPUT),
+    Field("metadata", parse_metadata, (str,), "portable (PNG chunks + JSON sidecar; local folders by name + sha256, "
+          "input images by relative path: no absolute paths), full (absolute paths too) or none (no metadata). "
+          "Default: portable", line=False, panel=OUTPUT),
 )

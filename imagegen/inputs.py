@@ -65,6 +65,24 @@ def _checked(path: str, size: int, mtime_ns: int, label: str) -> InputImage:
     return InputImage(path=path, sha256=hashlib.sha256(data).hexdigest(), width=width, height=height)
 
 
+def read_image(path: str | Path, *, label: str):
+    """A PIL image of a regular file, fully decoded; a one-line UsageError starting with `label` otherwise."""
+    import io
+
+    from PIL import Image
+
+    try:
+        data = read_regular(path, label=label, limit=MAX_IMAGE_MB * MB)
+    except OSError as exc:
+        raise UsageError(f"{label}: cannot read it ({exc.strerror or exc})") from None
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except Exception as exc:  # noqa: BLE001 - PIL's decoders raise many types (SyntaxError, struct.error, ...)
+        raise UsageError(f"{label}: {image_problem(exc)}") from None
+    return image
+
+
 def image_problem(exc: Exception) -> str:
     """Why PIL could not read an image, without its internals (a BytesIO's repr, a decoder's class)."""
     from PIL import UnidentifiedImageError

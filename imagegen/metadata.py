@@ -10,10 +10,12 @@ from pathlib import Path
 
 from .adapters import ADAPTERS
 from .errors import UsageError
+from .inputs import read_image
+from .paths import MB, read_regular
+from .readback import SCHEMA, check_record, sidecar_image_name
 from .request import FIELDS, Request
-from .schedulers import SCHEDULES
+from .schedulers import SAMPLERS, SCHEDULES, is_known
 
-SCHEMA = "imagegen/1"
 PNG_KEY = "imagegen"  # the PNG text chunk holding the JSON record
 A1111_KEY = "parameters"
 
@@ -91,8 +93,10 @@ def a1111_parameters(record: dict) -> str:
         "CFG scale": f"{record['cfg']:g}",
         "Seed": record["seed"],
         "Size": f"{record['width']}x{record['height']}",
-        "Model": record["model"]["id"],
+        "Model": _model_name(record["model"]["id"]),
     }
+    if record["model"].get("sha256"):
+        pairs["Model hash"] = record["model"]["sha256"][:10]
     if record["model"].get("revision"):
         pairs["Model revision"] = record["model"]["revision"][:10]
     if record.get("guidance") is not None:
@@ -107,6 +111,13 @@ def a1111_parameters(record: dict) -> str:
         lines.append(f"Negative prompt: {record['negative']}")
     lines.append(", ".join(f"{k}: {_a1111_value(v)}" for k, v in pairs.items()))
     return "\n".join(lines)
+
+
+def _model_name(ident: str) -> str:
+    """A1111's `Model:` is a name, never a path: a local folder's last component, a hub repo id as it is."""
+    if ident.startswith(("/", "~", ".")) or "\\" in ident:
+        return re.split(r"[\\/]", ident.rstrip("/\\"))[-1] or ident
+    return ident
 
 
 def _split_scheduler(name: str) -> tuple[str, str, str | None]:
@@ -152,12 +163,14 @@ def read_record(path: str | Path) -> tuple[dict, Path]:
         raise UsageError(f"{path}: no such file")
     if path.suffix.lower() == ".json":
         try:
-            record = json.loads(path.read_text(encoding="utf-8"))
+            record = json.loads(read_regular(path, label=str(path), limit=16 * MB).decode("utf-8"))
         except (OSError, ValueError) as exc:
-            raise UsageError(f"{path}: not a readable JSON sidecar ({exc})") from None
-        image = path.with_suffix(".png")
-        if isinstance(record, dict) and isinstance(record.get("output"), dict) and record["output"].get("file"):
-            image = path.with_name(record["output"]["file"])
+            raise UsageError(f"{path}: not a readable JSON sidecar ({getattr(exc, 'strerror', None) or exc})") from None
+        except RecursionError:
+            raise UsageError(f"{path}: not a readable JSON sidecar (nested too deeply)") from None
+        check_record(record, str(path))
+        name = sidecar_image_name(record, str(path))
+        return record, path.with_name(name) if name else path.with_suffix(".png")
     else:
         image = path
         record = _png_record(path)
@@ -173,42 +186,68 @@ def read_record(path: str | Path) -> tuple[dict, Path]:
     return record, image
 
 
-def _png_record(path: Path) -> dict | None:
-    from PIL import Image, UnidentifiedImageError
+def _png_text(path: Path) -> dict:
+    with read_image(path, label=str(path)) as im:
+        text = getattr(im, "text", {})
+    return {k: v for k, v in text.items() if isinstance(v, str)}
 
-    try:
-        with Image.open(path) as im:
-            text = getattr(im, "text", {}).get(PNG_KEY)
-    except (OSError, UnidentifiedImageError) as exc:
-        raise UsageError(f"{path}: not a readable image ({exc})") from None
+
+def _png_record(path: Path) -> dict | None:
+    text = _png_text(path).get(PNG_KEY)
     if text is None:
         return None
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise UsageError(f"{path}: its '{PNG_KEY}' chunk is not valid JSON") from None
 
 
-_REQUIRED = {
-    "prompt": str, "negative": str, "seed": int, "steps": int, "cfg": (int, float), "width": int, "height": int,
-    "scheduler": dict, "model": dict, "runtime": dict,
-}
+def a1111_only(path: str | Path) -> str | None:
+    """The A1111 `parameters` text of a PNG that has no imagegen record (no chunk, no sidecar), else None."""
+    path = Path(path)
+    if path.suffix.lower() == ".json" or not path.is_file():
+        return None
+    text = _png_text(path)
+    if PNG_KEY in text or path.with_suffix(".json").exists():
+        return None
+    return text.get(A1111_KEY)
 
 
-def check_record(record, where: str) -> None:
-    """Strictly check a record read back: schema version and the fields a replay needs."""
-    if not isinstance(record, dict):
-        raise UsageError(f"{where}: metadata is not a JSON object")
-    if record.get("schema") != SCHEMA:
-        raise UsageError(f"{where}: schema {record.get('schema')!r} is not supported; this imagegen reads {SCHEMA!r}")
-    for key, kind in _REQUIRED.items():
-        if key not in record:
-            raise UsageError(f"{where}: metadata lacks {key!r}")
-        if not isinstance(record[key], kind) or isinstance(record[key], bool):
-            raise UsageError(f"{where}: metadata {key!r} has the wrong type ({type(record[key]).__name__})")
-    for outer, inner in (("scheduler", "name"), ("model", "id"), ("runtime", "dtype"), ("runtime", "device")):
-        if not isinstance(record[outer].get(inner), str):
-            raise UsageError(f"{where}: metadata lacks {outer}.{inner}")
+# A1111 `parameters` keys a replay reads -> the request field; other keys are left out (see a1111_layer).
+_A1111_FIELDS = {"Steps": "steps", "CFG scale": "cfg", "Seed": "seed", "Size": "size"}
+
+
+def a1111_layer(text: str, where: str) -> tuple[Request, list[str]]:
+    """A1111 text as the replayed layer (prompt, negative, steps, sampler and schedule type, CFG, seed, size), and
+    the keys it leaves out."""
+    parsed = parse_parameters(text)
+    values = {"prompt": parsed.pop("Prompt"), "negative": parsed.pop("Negative prompt")}
+    for key, name in _A1111_FIELDS.items():
+        if key in parsed:
+            try:
+                values[name] = FIELDS[name].parse(parsed.pop(key))
+            except ValueError as exc:
+                raise UsageError(f"{where}: A1111 parameters {key!r}: {exc}") from None
+    sampler, schedule = parsed.pop("Sampler", None), parsed.pop("Schedule type", None)
+    if sampler:
+        name = sampler if schedule in (None, "", "Automatic") else f"{sampler} {schedule}"
+        values["scheduler"] = _a1111_scheduler(name, where)
+    return Request(**values), sorted(parsed)
+
+
+def _a1111_scheduler(name: str, where: str) -> str:
+    """The sampler (and schedule type) if imagegen knows it; else one line with the closest names."""
+    import difflib
+
+    if is_known(name):
+        return name
+    known = [s.a1111 for s in SAMPLERS.values()]
+    known += [f"{s} {schedule.a1111}" for s in known for schedule in SCHEDULES.values()]
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    samplers = ", ".join(s.a1111 for s in SAMPLERS.values())
+    hint = f"closest: {', '.join(close)}" if close else f"known samplers: {samplers}"
+    raise UsageError(f"{where}: A1111 parameters 'Sampler': {name!r} is not a sampler imagegen knows; {hint} "
+                     f"(see `imagegen schedulers`)")
 
 
 def recorded_inputs(record: dict) -> dict[str, str]:

@@ -59,7 +59,7 @@ Request.__module__ = __name__
 
 # Built-in defaults: the bottom layer, below any preset.
 DEFAULTS = Request(negative="", n=1, batch_size=1, dtype="auto", device="auto", out="outputs", name=DEFAULT_NAME,
-                   metadata="full")
+                   metadata="portable")
 DEFAULT_PRESET = "sdxl"
 
 

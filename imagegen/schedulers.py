@@ -215,6 +215,11 @@ def _build_index() -> dict[str, tuple[str, str | None, str | None]]:
 _INDEX = _build_index()
 
 
+def is_known(name: str) -> bool:
+    """Whether any family's registry knows this spelling (A1111, ComfyUI, slug or class name)."""
+    return _norm(name) in _INDEX
+
+
 def scheduler_names(family: Family | str) -> list[str]:
     """The canonical names of every sampler + schedule combination that works with `family`."""
     family = _family(family)

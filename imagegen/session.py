@@ -16,6 +16,7 @@ from .errors import OutOfMemory, RunError
 from .loading import make_invariant
 from .metadata import a1111_parameters, build_record, versions
 from .output import Written, pixels_sha256, write_image
+from .portable import for_writing
 from .schedulers import build_scheduler
 
 _BY_NAME = {adapter.name: adapter for adapter in ADAPTERS}
@@ -129,12 +130,14 @@ def call_arguments(reqs: list, embeddings: dict | None = None) -> dict:
 
 def write(image, out_dir: Path, name: str, record: dict, req) -> Written:
     """Write an image with its recipe (A1111 chunk, JSON chunk, sidecar) and its adapters' extras (control maps);
-    the record gains the pixel hash if it lacks one. With metadata 'none', only the pixels are written."""
+    the record gains the pixel hash if it lacks one. Metadata 'portable' names local files without their absolute
+    paths (imagegen.portable); with 'none', only the pixels are written."""
     record.setdefault("output", {"pixels_sha256": pixels_sha256(image)})
-    full = req.metadata == "full"
     extras = [extra for adapter, spec in active(req) for extra in adapter.extras(spec)]
-    return write_image(image, out_dir, name, parameters=a1111_parameters(record) if full else None,
-                       record=record if full else None, extras=extras)
+    if req.metadata == "none":
+        return write_image(image, out_dir, name, parameters=None, record=None, extras=extras)
+    written = for_writing(record, req.metadata, (Path(out_dir) / name).parent)
+    return write_image(image, out_dir, name, parameters=a1111_parameters(written), record=written, extras=extras)
 
 
 def pipeline_for(loaded, req):

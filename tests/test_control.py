@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -49,6 +50,11 @@ def pixels(path):
         return np.asarray(im.convert("RGB")).astype(int)
 
 
+def relative(path, folder) -> str:
+    """How portable metadata (the default) records an input image: relative to the image's folder."""
+    return os.path.relpath(path, folder).replace(os.sep, "/")
+
+
 def base(family, tiny_models, out, *extra):
     return ("txt2img", "a glass tower", "--model", tiny_models[family], "--steps", "2", "--seed", "7",
             "--size", "64x64", "--out", out, "--json", "-q", *extra)
@@ -74,9 +80,10 @@ def test_controlnet_one_and_two_nets(cli, tiny_models, tiny_guides, inputs, tmp_
     unit, = record["control"]
     assert unit["type"] == "canny" and unit["scale"] == 0.7 and (unit["start"], unit["end"]) == (0.0, 1.0)
     assert unit["preprocess"] == {"resize": "crop", "low_threshold": 50, "high_threshold": 200}
-    assert unit["image"]["path"] == str(inputs / "building.jpg") and len(unit["image"]["sha256"]) == 64
+    assert unit["image"]["path"] == relative(inputs / "building.jpg", tmp_path / "one")
+    assert len(unit["image"]["sha256"]) == 64
     assert unit["image"]["size"] == [128, 96]
-    assert unit["model"]["id"] == str(guides["cn"])
+    assert unit["model"]["id"] == guides["cn"].name and unit["model"]["local"] and len(unit["model"]["sha256"]) == 64
     assert unit["model"]["class"] == {"sdxl": "ControlNetModel", "sd3": "SD3ControlNetModel",
                                       "flux": "FluxControlNetModel"}[family]
     assert record["output"]["control_maps"] == ["0000-7.control.png"]
@@ -92,7 +99,7 @@ def test_controlnet_one_and_two_nets(cli, tiny_models, tiny_guides, inputs, tmp_
     assert [u["type"] for u in record["control"]] == ["canny", "depth"]
     assert [u["scale"] for u in record["control"]] == [0.7, 0.4]
     assert [u["end"] for u in record["control"]] == [0.5, 0.5]
-    assert [u["model"]["id"] for u in record["control"]] == [str(guides["cn"]), str(guides["cn2"])]
+    assert [u["model"]["id"] for u in record["control"]] == [guides["cn"].name, guides["cn2"].name]
     assert (tmp_path / "two" / "0000-7.control-1.png").exists() and (tmp_path / "two" / "0000-7.control-2.png").exists()
     assert np.abs(pixels(tmp_path / "two" / "0000-7.png") - pixels(png)).max() > 0
 
@@ -110,11 +117,11 @@ def test_ip_adapter_alone_and_with_controlnet(cli, tiny_models, tiny_guides, inp
     assert ip.code == 0, ip.err
     record = json.loads((tmp_path / "ip" / "0000-7.json").read_text())
     adapter = record["ip_adapter"]
-    assert adapter["scale"] == 0.6 and adapter["model"]["id"] == str(guides["ip"])
+    assert adapter["scale"] == 0.6 and adapter["model"]["id"] == guides["ip"].name
     assert adapter["model"]["weight"] == "ip-adapter.safetensors"
-    assert adapter["image_encoder"]["id"] == str(guides["ip"] / "image_encoder")
+    assert adapter["image_encoder"]["id"] == "image_encoder" and adapter["image_encoder"]["local"]
     assert adapter["image_encoder"]["class"] == ("SiglipVisionModel" if family == "sd3" else "CLIPVisionModelWithProjection")
-    assert adapter["images"][0]["path"] == str(inputs / "style.png")
+    assert adapter["images"][0]["path"] == relative(inputs / "style.png", tmp_path / "ip")
     if family == "flux":  # the adapter needs true CFG: turned on and said so
         assert record["cfg"] == 4.0
         assert "IP-Adapter needs true CFG" in ip.err
@@ -195,7 +202,8 @@ def test_batch_mixes_plain_controlnet_and_ip_adapter_lines(cli, tiny_models, tin
     records = {p.name: json.loads(p.read_text()) for p in out.glob("0000*.json")}
     edges = [r for r in records.values() if r["prompt"] == "edges"]
     assert {r["control"][0]["scale"] for r in edges} == {0.8}
-    assert edges[0]["control"][0]["image"]["path"] == str(folder / "maps" / "a.png")  # relative to the prompt file
+    assert edges[0]["control"][0]["image"]["path"] == "../job/maps/a.png"  # relative to the prompt file, recorded
+    # relative to the image's folder
     styled, = [r for r in records.values() if r["prompt"] == "edges and style"]
     assert styled["ip_adapter"]["scale"] == 0.5 and "control" in styled
     plain, = [r for r in records.values() if r["prompt"] == "plain"]

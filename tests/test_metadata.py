@@ -44,10 +44,18 @@ def test_a1111_text_reads_with_a1111_regex():
 
 
 def test_values_with_commas_and_colons_are_quoted():
-    text = a1111_parameters(record(model={**record()["model"], "id": "C:\\models\\a,b"}))
+    text = a1111_parameters(record(model={**record()["model"], "id": "org/a,b:c"}))
     parsed = parse_parameters(text)
-    assert parsed["Model"] == "C:\\models\\a,b"
+    assert parsed["Model"] == "org/a,b:c"
     assert parsed["Seed"] == "42"
+
+
+def test_a1111_model_is_a_name_with_its_hash_never_a_path():
+    model = {**record()["model"], "id": "C:\\models\\a,b", "local": True, "sha256": "ab" * 32}
+    parsed = parse_parameters(a1111_parameters(record(model=model)))
+    assert parsed["Model"] == "a,b" and parsed["Model hash"] == "ab" * 5
+    posix = parse_parameters(a1111_parameters(record(model={**model, "id": "/home/alice/models/tiny"})))
+    assert posix["Model"] == "tiny"
 
 
 def test_parse_multiline_prompt_and_no_negative():
@@ -83,7 +91,7 @@ def test_read_record_errors(tmp_path):
     with pytest.raises(UsageError, match="not a readable JSON sidecar"):
         read_record(tmp_path / "bad.json")
     (tmp_path / "notimage.png").write_text("hello")
-    with pytest.raises(UsageError, match="not a readable image"):
+    with pytest.raises(UsageError, match="notimage.png: not an image file PIL can read"):
         read_record(tmp_path / "notimage.png")
     (tmp_path / "ok.json").write_text(json.dumps(record()))
     assert read_record(tmp_path / "ok.json")[0]["seed"] == 42

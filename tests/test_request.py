@@ -10,7 +10,7 @@ from imagegen import Request, UsageError, resolve
 def test_precedence_defaults_preset_replay_flags():
     req = resolve(Request(prompt="p"))
     assert (req.preset, req.steps, req.cfg, req.scheduler.name, req.size) == ("sdxl", 30, 5.0, "DPM++ 2M Karras", "1024x1024")
-    assert (req.n, req.batch_size, req.dtype, req.device, req.metadata) == (1, 1, "auto", "auto", "full")
+    assert (req.n, req.batch_size, req.dtype, req.device, req.metadata) == (1, 1, "auto", "auto", "portable")
     replay = Request(prompt="old", steps=12, cfg=3.0, seed=7)
     req = resolve(Request(cfg=9.0), replay)
     assert (req.prompt, req.steps, req.cfg, req.seed) == ("old", 12, 9.0, 7)  # flags beat replay, replay beats preset
@@ -69,7 +69,7 @@ def test_resolve_refuses(fields, message):
         ("dtype", "fp8", "--dtype: must be one of auto, bfloat16, float16, float32"),
         ("device", "tpu", "--device: must be auto, cpu, cuda, cuda:N or mps"),
         ("batch_size", "0", "--batch-size: must be from 1 to 1024"),
-        ("metadata", "some", "--metadata: must be one of full, none"),
+        ("metadata", "some", "--metadata: must be one of portable, full, none"),
     ],
 )
 def test_flag_values_are_checked(key, value, message):

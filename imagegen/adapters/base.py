@@ -30,6 +30,7 @@ class Adapter:
     preset_table: str | None = None  # the preset table holding its defaults ([controlnet], [ip_adapter])
     variant: str | None = None  # the (family x task) pipeline variant it runs in ("controlnet"), if any
     in_place: bool = False  # applied to the loaded pipeline itself (removed again when a request lacks it)
+    record_shape: Any = None  # what its record part must look like when read back (imagegen.readback's shapes)
 
     # ---- before any weights load
 
@@ -93,6 +94,11 @@ class Adapter:
     def inputs(self, part: dict) -> dict[str, str]:
         """The input files its record part names -> their recorded sha256."""
         return {}
+
+    def map_paths(self, part: Any, image: Callable[[str], str], weights: Callable[[dict, str], dict]) -> Any:
+        """Its record part with each input image path passed through `image` and each model dict through
+        `weights(model, flag)`: how imagegen.portable records and replays local files."""
+        return part
 
 
 def pinned(model: dict) -> str:

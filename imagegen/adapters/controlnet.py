@@ -231,11 +231,23 @@ def _unit_record(unit: ControlUnit, controls: Controls, family) -> dict:
     }
 
 
+_OPTIONAL_TEXT = (str, type(None))
+_NUMBER = (int, float)
+_UNIT_SHAPE = {
+    "type": str,
+    "image": {"path": str, "sha256": str},
+    "preprocess": {"low_threshold": (int, type(None)), "high_threshold": (int, type(None))},
+    "model": {"id": str, "revision": _OPTIONAL_TEXT},
+    "scale": _NUMBER, "start": _NUMBER, "end": _NUMBER,
+}
+
+
 class ControlNet(Adapter):
     name = "control"
     fields = FIELDS
     preset_table = "controlnet"
     variant = "controlnet"
+    record_shape = [_UNIT_SHAPE]
 
     def check_preset_table(self, table, where: str) -> dict:
         """[controlnet]: one default net per control type, e.g. canny = "diffusers/controlnet-canny-sdxl-1.0"."""
@@ -352,11 +364,15 @@ class ControlNet(Adapter):
         }
         canny = next((u["preprocess"] for u in part if u["type"] == "canny"), None)
         if canny:
-            fields["canny_low"], fields["canny_high"] = canny["low_threshold"], canny["high_threshold"]
+            fields["canny_low"], fields["canny_high"] = canny.get("low_threshold"), canny.get("high_threshold")
         return fields
 
     def inputs(self, part: list) -> dict[str, str]:
         return {u["image"]["path"]: u["image"]["sha256"] for u in part}
+
+    def map_paths(self, part: list, image, weights) -> list:
+        return [{**u, "image": {**u["image"], "path": image(u["image"]["path"])},
+                 "model": weights(u["model"], "--controlnet-model")} for u in part]
 
 
 def _load_net(loaded, model: str, revision: str | None):

@@ -152,11 +152,21 @@ def _record(spec: IPAdapterSpec, family) -> dict:
     }
 
 
+_OPTIONAL_TEXT = (str, type(None))
+_RECORD_SHAPE = {
+    "images": [{"path": str, "sha256": str}],
+    "scale": (int, float),
+    "model": {"id": str, "revision": _OPTIONAL_TEXT, "subfolder": _OPTIONAL_TEXT, "weight": str},
+    "image_encoder": {"id": str, "revision": _OPTIONAL_TEXT, "subfolder": _OPTIONAL_TEXT},
+}
+
+
 class IPAdapter(Adapter):
     name = "ip_adapter"
     fields = FIELDS
     preset_table = "ip_adapter"
     in_place = True
+    record_shape = _RECORD_SHAPE
 
     def check_preset_table(self, table, where: str) -> dict:
         """[ip_adapter]: model, subfolder, weight (.safetensors), image_encoder, image_encoder_subfolder, scale."""
@@ -267,6 +277,11 @@ class IPAdapter(Adapter):
 
     def inputs(self, part: dict) -> dict[str, str]:
         return {image["path"]: image["sha256"] for image in part.get("images", ())}
+
+    def map_paths(self, part: dict, image, weights) -> dict:
+        return {**part, "images": [{**i, "path": image(i["path"])} for i in part["images"]],
+                "model": weights(part["model"], "--ip-adapter-model"),
+                "image_encoder": weights(part["image_encoder"], "--image-encoder")}
 
 
 def _encoder(spec: IPAdapterSpec, loaded):

@@ -10,6 +10,7 @@ import threading
 import time
 
 from ..errors import ImagegenError, Interrupted, OutOfMemory
+from ..portable import private_text, source_path
 from ..progress import NullBatchProgress
 from ..session import Session, active, write
 from ..writer import BackgroundWriter
@@ -104,7 +105,9 @@ def _resume(plan: BatchPlan, engine: Engine, manifest: ManifestWriter, result: B
     pending = engine.share(resume.pending)
     ours = resume.skipped + len(resume.adopted) if engine.rank == 0 else 0
     result.total = len(pending) + ours if engine.world > 1 else len(plan.images)
-    manifest.append({"type": "run", "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "source": plan.source,
+    mode = plan.images[0].req.metadata if plan.images else "portable"  # a run-wide flag: every line has the same
+    manifest.append({"type": "run", "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                     "source": source_path(plan.source, mode, plan.out_dir),
                      "base_seed": plan.base_seed, "images": len(plan.images), "rank": engine.rank,
                      "world": engine.world, "imagegen": lib_versions.get("imagegen")})
     if engine.rank == 0:
@@ -219,7 +222,8 @@ class _Runner:
     def _fail(self, chunk: list[PlannedImage], error: str) -> None:
         for item in chunk:
             self.manifest.append({"type": "failed", "key": item.key, "hash": item.hash, "job": item.job.index,
-                                  "line": item.job.line, "image": item.image, "index": item.index, "error": error})
+                                  "line": item.job.line, "image": item.image, "index": item.index,
+                                  "error": private_text(error, item.req.metadata)})
             self.result.failed += 1
             self.result.failures.append({"line": item.job.line, "job": item.job.index, "image": item.image,
                                          "prompt": item.req.prompt, "error": error})

@@ -164,7 +164,7 @@ def _batch_summary(result) -> None:
 
 # The axes replace --scheduler, --steps and --cfg; every cell is one image, named by its axis values.
 COMPARED = tuple(name for name in GENERATION
-                 if name not in ("scheduler", "steps", "cfg", "n", "batch_size", "name", "metadata"))
+                 if name not in ("scheduler", "steps", "cfg", "n", "batch_size", "name"))
 
 
 @app.command()
@@ -216,26 +216,31 @@ def _compare_table(result) -> None:
 
 
 # A recipe is replayed whole; these flags override single fields of it.
-REPLAYED = ("negative", "seed", "steps", "cfg", "guidance", "size", "scheduler", "model", "revision", "dtype", "device",
-            "out", "name", "metadata")
+REPLAYED = ("negative", "seed", "steps", "cfg", "guidance", "size", "scheduler", "preset", "model", "revision",
+            "controlnet_model", "ip_adapter_model", "image_encoder", "dtype", "device", "out", "name", "metadata")
+_REPRODUCE = {
+    "seed": {"help": "Seed. Default: the recorded one."},
+    "out": {"help": "Output folder. Default: a new folder beside the source, <name>.reproduced"},
+    "model": {"help": "The model: a folder (one moved or renamed since; its sha256 must match the recorded one for "
+                      "--verify), hub repo id or builtin:demo. Default: the recorded one. A PNG with only A1111 "
+                      "parameters needs --model or --preset."},
+    "preset": {"help": "Preset name or .toml path. Default: the recorded one."},
+    "metadata": {"help": "portable, full or none, as for txt2img. Default: portable"},
+}
 
 
 @app.command()
-@with_fields(REPLAYED)
+@with_fields(REPLAYED, **_REPRODUCE)
 def reproduce(
-    source: Annotated[str, typer.Argument(metavar="FILE", help="An imagegen PNG or its .json sidecar.")],
+    source: Annotated[str, typer.Argument(metavar="FILE", help="An imagegen PNG or its .json sidecar, or a PNG with A1111 parameters (with --model or --preset).")],
     verify: Annotated[bool, typer.Option("--verify", help="Compare with the original; exit 4 if any pixel differs.")] = False,
     quiet: Quiet = False, json_: Json = False, debug: Debug = False, **fields,
 ) -> None:
     """Re-run an image's recorded recipe (flags override fields) into a new folder beside it."""
-    from ..errors import UsageError
     from ..reproduce import reproduce as do_reproduce
 
-    overrides = flags(fields)
-    if verify and overrides.given().keys() - {"out", "name", "metadata", "device"}:
-        raise UsageError("--verify compares with the original: drop the recipe overrides (--out, --name, --device may stay)")
     progress = _progress(quiet)
-    result = do_reproduce(source, verify=verify, overrides=overrides, progress=progress)
+    result = do_reproduce(source, verify=verify, overrides=flags(fields), progress=progress)
     if result.verification and not quiet:
         v = result.verification
         progress.console.print(f"[green]verified[/]: identical pixels (max pixel difference {v.max_pixel_diff})")

@@ -1,0 +1,109 @@
+"""Content hashes of local weights (A1111's precedent: the whole file's sha256, computed once and cached): a file's
+sha256, and a folder's over its files, cached on disk by (absolute path, size, mtime_ns). The cache also remembers
+where each hashed folder is, so a record that names it by name and hash (portable metadata) replays on this machine;
+the cache stays in the user's directory and never enters a record."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import threading
+from pathlib import Path
+
+from .paths import config_dir
+
+CACHE_NAME = "sha256.json"
+_WHERE = "where:"  # cache keys of hashed weights' locations: where:<sha256> -> absolute path
+_lock = threading.Lock()
+_memory: dict[str, dict] = {}  # cache file -> its entries, read once per process
+
+
+def _cache_file() -> Path:
+    return config_dir() / "cache" / CACHE_NAME
+
+
+def _entries(cache: Path) -> dict:
+    key = str(cache)
+    if key not in _memory:
+        try:
+            data = json.loads(cache.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            data = {}
+        _memory[key] = data if isinstance(data, dict) else {}
+    return _memory[key]
+
+
+def _save(cache: Path, entries: dict) -> None:
+    """Write the cache atomically; a cache that cannot be written only costs a rehash next time."""
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=".sha256-", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(entries, f)
+        os.replace(tmp, cache)
+    except OSError:
+        pass
+
+
+def _digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file's bytes, computed once per (absolute path, size, mtime_ns) and kept in the user cache."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+    cache = _cache_file()
+    with _lock:
+        entries = _entries(cache)
+        if isinstance(entries.get(key), str):
+            return entries[key]
+    sha = _digest(path)
+    with _lock:
+        entries[key] = sha
+        _save(cache, entries)
+    return sha
+
+
+def weights_sha256(path: str | Path) -> str:
+    """A weight file's or folder's sha256 (see _folder_sha256), remembered with where it is (find_weights)."""
+    path = Path(path).resolve()
+    sha = _folder_sha256(path) if path.is_dir() else file_sha256(path)
+    cache = _cache_file()
+    with _lock:
+        entries = _entries(cache)
+        if entries.get(_WHERE + sha) != str(path):
+            entries[_WHERE + sha] = str(path)
+            _save(cache, entries)
+    return sha
+
+
+def find_weights(sha256: str | None) -> Path | None:
+    """The folder or file on this machine last hashed to `sha256`, if it is still there and unchanged."""
+    if not sha256:
+        return None
+    with _lock:
+        where = _entries(_cache_file()).get(_WHERE + sha256)
+    if not isinstance(where, str) or not Path(where).exists():
+        return None
+    return Path(where) if weights_sha256(where) == sha256 else None
+
+
+def _folder_sha256(path: Path) -> str:
+    """The sha256 of a folder's sorted (relative path, file sha256) lines, hidden files and folders (.cache, .git)
+    left out."""
+    lines = []
+    for root, dirs, files in os.walk(path):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if not name.startswith("."):
+                full = Path(root, name)
+                lines.append(f"{full.relative_to(path).as_posix()}\0{file_sha256(full)}\n")
+    return hashlib.sha256("".join(sorted(lines)).encode()).hexdigest()
