@@ -35,6 +35,7 @@ class Impl:
     schedules: tuple[str, ...] = ()
     needs: str | None = None
     stochastic: bool = False  # adds fresh noise each step, so it does not converge as steps grow
+    max_steps: int | None = None  # more makes diffusers raise mid-run, after the weights load
 
 
 @dataclass(frozen=True)
@@ -157,8 +158,8 @@ SAMPLERS: dict[str, Sampler] = {
         ),
         # For LCM- and TCD-distilled models or LoRAs (epsilon UNets), at 2-8 steps and CFG about 1-2; both re-noise
         # every step. Their own timestep skipping allows at most 50 steps (original_inference_steps).
-        Sampler("lcm", "LCM", "lcm", eps=Impl("LCMScheduler", stochastic=True), steps=4),
-        Sampler("tcd", "TCD", "tcd", eps=Impl("TCDScheduler", stochastic=True), steps=4),
+        Sampler("lcm", "LCM", "lcm", eps=Impl("LCMScheduler", stochastic=True, max_steps=50), steps=4),
+        Sampler("tcd", "TCD", "tcd", eps=Impl("TCDScheduler", stochastic=True, max_steps=50), steps=4),
     )
 }
 
@@ -278,7 +279,8 @@ def _works(family: Family) -> str:
     return ", ".join(samplers) + (tail if schedules else "")
 
 
-def resolve_scheduler(name: str, family: Family | str, *, where: str = "--scheduler") -> SchedulerChoice:
+def resolve_scheduler(name: str, family: Family | str, *, where: str = "--scheduler",
+                      steps: int | None = None) -> SchedulerChoice:
     """Resolve any spelling of a scheduler for `family`, or raise a UsageError listing what works with it."""
     family = _family(family)
     key = _norm(name)
@@ -309,6 +311,9 @@ def resolve_scheduler(name: str, family: Family | str, *, where: str = "--schedu
             f"{where}: {sampler.a1111} has no {schedule.a1111} schedule type on {family.name}; "
             + (f"it takes: {takes} (or none, for its default spacing)" if takes else "it takes no schedule type there")
         )
+    if steps is not None and impl.max_steps is not None and steps > impl.max_steps:
+        raise UsageError(f"{where}: {sampler.a1111} takes at most {impl.max_steps} steps (its distilled schedule's "
+                         f"original_inference_steps); got --steps {steps}")
     for needs in {impl.needs, schedule.needs if schedule else None} - {None}:
         _require(needs, f"{where}: {sampler.a1111}{' ' + schedule.a1111 if schedule else ''}")
     kwargs = {**impl.kwargs, **(schedule.kwargs if schedule else {})}

@@ -57,6 +57,10 @@ def test_max_images_moves_the_limit():
     with pytest.raises(UsageError, match=r"makes 6 images \(2 schedulers x 3 step counts\), over the limit of 5"):
         plan_compare("x", Request(preset="demo"), schedulers="Euler,DDIM", steps="2-4", max_images=5)
     assert len(plan_compare("x", Request(preset="demo"), schedulers="Euler,DDIM", steps="2-4", max_images=6).cells) == 6
+    with pytest.raises(UsageError, match=r"makes 7 images \(2 schedulers x 3 step counts \+ the --reference images\)"):
+        plan_compare("x", Request(preset="demo"), schedulers="Euler,DDIM", steps="2-4", max_images=6, reference="Euler:9")
+    assert len(plan_compare("x", Request(preset="demo"), schedulers="Euler,DDIM", steps="2-4", max_images=6,
+                            reference="Euler:4").cells) == 6  # a reference on the grid adds nothing
     with pytest.raises(UsageError, match="--max-images: must be at least 1"):
         plan_compare("x", Request(preset="demo"), max_images=0)
 

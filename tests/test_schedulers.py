@@ -230,6 +230,16 @@ def test_names_without_a_diffusers_sampler_say_why(spelling, message):
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
+def test_lcm_and_tcd_refuse_more_steps_than_their_schedule_has(cli, monkeypatch):
+    import imagegen.loading
+
+    monkeypatch.setattr(imagegen.loading, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    assert resolve_scheduler("LCM", "sdxl", steps=50).name == "LCM"
+    result = cli("txt2img", "x", "--preset", "sdxl", "-s", "tcd", "--steps", "60", "--seed", "1")
+    assert result.code == 2 and result.err == ("imagegen: error: --scheduler: TCD takes at most 50 steps (its distilled "
+                                               "schedule's original_inference_steps); got --steps 60\n")
+
+
 @pytest.mark.parametrize("spelling", ["LCM", "TCD", "dpmpp_3m_sde"])
 def test_new_epsilon_samplers_are_refused_on_flow_models(spelling):
     with pytest.raises(UsageError, match="does not work with flux models; for flux: Euler"):

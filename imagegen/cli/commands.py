@@ -139,7 +139,7 @@ def compare(
     steps: Annotated[Optional[str], typer.Option("--steps", help="Step axis: 8,15,30 or a range 10-50:10.")] = None,
     cfg: Annotated[Optional[str], typer.Option("--cfg", help="CFG axis: 3,5,7 or a range 2-8:2.")] = None,
     seeds: Annotated[Optional[str], typer.Option("--seeds", help="Seed axis: 1,2,3 or a range 1-4.")] = None,
-    reference: Annotated[Optional[str], typer.Option("--reference", metavar="SCHEDULER:STEPS", help="The cell every other is measured against. Default: the same scheduler at the largest step count.")] = None,
+    reference: Annotated[Optional[str], typer.Option("--reference", metavar="SCHEDULER:STEPS", help="The cell every other is measured against; one not on the grid is computed as an extra image. Default: the same scheduler at the largest step count.")] = None,
     tolerance: Annotated[float, typer.Option("--tolerance", help="Mean absolute pixel difference (0-255) from the reference still counted as converged.")] = 2.0,
     max_images: Annotated[Optional[int], typer.Option("--max-images", metavar="N", help="Refuse a comparison of more than N images (counted from the axes before anything runs). Default: 1000.")] = None,
     quiet: Quiet = False, json_: Json = False, debug: Debug = False, **fields,

@@ -124,7 +124,7 @@ def plan_compare(prompt: str, flags: Request, *, schedulers: str | None = None, 
     notes: list[str] = []
     names = _distinct_schedulers(parse_axis("scheduler", schedulers), base.family, notes) if schedulers else None
     ref = _parse_reference(reference, base.family) if reference else None
-    _check_count(given, names, ref, max_images)
+    lengths = _check_count(given, names, max_images)
     axes = {}
     for name in AXES:
         if name == "scheduler":
@@ -143,7 +143,9 @@ def plan_compare(prompt: str, flags: Request, *, schedulers: str | None = None, 
                          + ", ".join(FLAGS[n] for n in varying))
     cells = _grid_cells(prompt, flags, axes, varying)
     if ref and not any(c.req.scheduler.name == ref[0] and c.req.steps == ref[1] for c in cells):
-        cells += _reference_cells(prompt, flags, axes, varying, ref)
+        extra = _reference_cells(prompt, flags, axes, varying, ref)  # at most one per CFG and seed: few
+        _refuse_over(len(cells) + len(extra), lengths, max_images, " + the --reference images")
+        cells += extra
     out_dir = Path(flags.out or "outputs").expanduser()
     return ComparePlan(prompt=prompt, cells=tuple(cells), axes=axes, varying=varying, out_dir=out_dir,
                        reference=ref, tolerance=tolerance, notes=tuple(notes))
@@ -163,19 +165,21 @@ def _distinct_schedulers(names: tuple, family, notes: list[str]) -> tuple:
     return tuple(kept.values())
 
 
-def _check_count(given: dict, schedulers: tuple | None, ref, max_images: int | None) -> None:
-    """Refuse a grid over the image limit from the axes' lengths alone, before any cell is built."""
-    limit = DEFAULT_MAX_IMAGES if max_images is None else max_images
-    if limit < 1:
-        raise UsageError(f"--max-images: must be at least 1, got {limit}")
+def _check_count(given: dict, schedulers: tuple | None, max_images: int | None) -> dict:
+    """Refuse a grid over the image limit from the axes' lengths alone, before any cell is built; the lengths."""
+    if max_images is not None and max_images < 1:
+        raise UsageError(f"--max-images: must be at least 1, got {max_images}")
     lengths = {n: axis_length(n, given[n]) if given[n] is not None else 1 for n in AXES}
     lengths["scheduler"] = len(schedulers) if schedulers else 1
-    count = math.prod(lengths.values())
-    if ref:
-        count += lengths["cfg"] * lengths["seed"]  # an off-grid reference adds at most one image per CFG and seed
+    _refuse_over(math.prod(lengths.values()), lengths, max_images)
+    return lengths
+
+
+def _refuse_over(count: int, lengths: dict, max_images: int | None, more: str = "") -> None:
+    limit = DEFAULT_MAX_IMAGES if max_images is None else max_images
     if count > limit:
-        shape = " x ".join(f"{lengths[n]} {_PLURAL[n]}" for n in AXES if lengths[n] > 1)
-        raise UsageError(f"the comparison makes {count:,} images ({shape}), over the limit of {limit:,}; "
+        shape = " x ".join(f"{lengths[n]} {_PLURAL[n]}" for n in AXES if lengths[n] > 1) or "1 image"
+        raise UsageError(f"the comparison makes {count:,} images ({shape}{more}), over the limit of {limit:,}; "
                          f"narrow an axis or raise the limit with --max-images {count}")
 
 
