@@ -58,7 +58,7 @@ def resolve(flags: Request, replay: Request | None = None, line: Request | None 
             f"--model {merged['model']} is a {info.family.name} model but preset {preset.name!r} is for "
             f"{family.name}; pick a {info.family.name} preset or leave out --preset"
         )
-    scheduler = resolve_scheduler(merged["scheduler"], family)
+    scheduler = resolve_scheduler(merged["scheduler"], family, steps=merged["steps"])
     preset.check_scheduler(scheduler)
     check_template(merged["name"])
     width, height, multiple = _size(merged["size"], info, family)

@@ -35,6 +35,7 @@ class Impl:
     schedules: tuple[str, ...] = ()
     needs: str | None = None
     stochastic: bool = False  # adds fresh noise each step, so it does not converge as steps grow
+    max_steps: int | None = None  # more makes diffusers raise mid-run, after the weights load
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class Sampler:
     eps: Impl | None = None
     flow: Impl | None = None
     aliases: tuple[str, ...] = ()
+    comfy_also: tuple[str, ...] = ()  # more ComfyUI sampler names for it, listed beside `comfy`
     steps: int = 20  # recommended step count (2nd-order samplers evaluate the model about twice per step)
 
     def impl(self, kind: str) -> Impl | None:
@@ -54,7 +56,8 @@ class Sampler:
 
 
 _SIGMA_SCHEDULES = ("karras", "exponential", "beta")
-_EPS_SCHEDULES = (*_SIGMA_SCHEDULES, "sgm_uniform")
+_EPS_SCHEDULES = (*_SIGMA_SCHEDULES, "sgm_uniform", "ddim_uniform")
+_SPACINGS = ("sgm_uniform", "ddim_uniform")  # timestep spacings: for classes without sigma schedules
 
 SCHEDULES: dict[str, Schedule] = {
     s.key: s
@@ -63,11 +66,25 @@ SCHEDULES: dict[str, Schedule] = {
         Schedule("exponential", "Exponential", "exponential", {"use_exponential_sigmas": True}),
         Schedule("beta", "Beta", "beta", {"use_beta_sigmas": True}, needs="scipy"),
         Schedule("sgm_uniform", "SGM Uniform", "sgm_uniform", {"timestep_spacing": "trailing"}),
+        # ComfyUI's ddim_uniform takes every (1000 // steps)-th of the model's sigmas from index 1: timesteps
+        # 1, 1 + 1000 // steps, ..., which is diffusers' "leading" spacing with steps_offset=1 on Euler, Euler a,
+        # Heun, DPM2, LMS, DDIM, DDPM and PLMS (exact when steps divides 1000; ComfyUI then adds a step or two).
+        # DPM++ (2M, SDE), UniPC and DEIS space "leading" by 1000 // (steps + 1): the closest diffusers offers,
+        # a slightly lower top timestep. A1111 calls the same schedule type "DDIM".
+        Schedule("ddim_uniform", "DDIM", "ddim_uniform", {"timestep_spacing": "leading", "steps_offset": 1}),
     )
 }
 # Names that mean "the sampler's own default spacing".
 _DEFAULT_SCHEDULE_NAMES = ("automatic", "normal", "default", "uniform")
-_SCHEDULE_ALIASES = {"simple": "sgm_uniform", "trailing": "sgm_uniform"}
+_SCHEDULE_ALIASES = {"simple": "sgm_uniform", "trailing": "sgm_uniform", "DDIM Uniform": "ddim_uniform"}
+
+# Names people type for samplers diffusers has no equivalent of: refused with the reason, not as "unknown".
+_CFG_PP = ("CFG++ changes how the guided and unguided predictions enter each step (it is part of the sampler in "
+           "ComfyUI and A1111); diffusers has no CFG++ scheduler")
+UNAVAILABLE: dict[str, str] = {
+    "euler_cfg_pp": _CFG_PP, "euler_ancestral_cfg_pp": _CFG_PP, "dpmpp_2m_cfg_pp": _CFG_PP,
+    "dpmpp_2s_ancestral_cfg_pp": _CFG_PP,
+}
 
 SAMPLERS: dict[str, Sampler] = {
     s.slug: s
@@ -79,7 +96,7 @@ SAMPLERS: dict[str, Sampler] = {
         ),
         Sampler(
             "euler_a", "Euler a", "euler_ancestral",
-            eps=Impl("EulerAncestralDiscreteScheduler", schedules=("sgm_uniform",), stochastic=True),
+            eps=Impl("EulerAncestralDiscreteScheduler", schedules=_SPACINGS, stochastic=True),
             aliases=("euler ancestral",), steps=30,
         ),
         Sampler(
@@ -93,20 +110,30 @@ SAMPLERS: dict[str, Sampler] = {
             eps=Impl("KDPM2AncestralDiscreteScheduler", schedules=_EPS_SCHEDULES, stochastic=True), steps=20,
         ),
         Sampler("lms", "LMS", "lms", eps=Impl("LMSDiscreteScheduler", schedules=_EPS_SCHEDULES, needs="scipy"), steps=50),
-        Sampler("ddim", "DDIM", "ddim", eps=Impl("DDIMScheduler", schedules=("sgm_uniform",)), steps=30),
-        Sampler("ddpm", "DDPM", "ddpm", eps=Impl("DDPMScheduler", schedules=("sgm_uniform",), stochastic=True), steps=50),
-        Sampler("plms", "PLMS", None, eps=Impl("PNDMScheduler", schedules=("sgm_uniform",)), aliases=("pndm",), steps=50),
+        Sampler("ddim", "DDIM", "ddim", eps=Impl("DDIMScheduler", schedules=_SPACINGS), steps=30),
+        Sampler("ddpm", "DDPM", "ddpm", eps=Impl("DDPMScheduler", schedules=_SPACINGS, stochastic=True), steps=50),
+        Sampler("plms", "PLMS", None, eps=Impl("PNDMScheduler", schedules=_SPACINGS), aliases=("pndm",), steps=50),
         Sampler(
             "dpmpp_2m", "DPM++ 2M", "dpmpp_2m",
             eps=Impl("DPMSolverMultistepScheduler", schedules=_EPS_SCHEDULES),
             flow=Impl("DPMSolverMultistepScheduler"),
         ),
         Sampler(
+            # ComfyUI's _gpu variant differs only in where its Brownian noise is drawn; imagegen seeds it per image.
             "dpmpp_2m_sde", "DPM++ 2M SDE", "dpmpp_2m_sde",
             eps=Impl(
                 "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"},
                 schedules=_EPS_SCHEDULES, stochastic=True,
             ),
+            comfy_also=("dpmpp_2m_sde_gpu",),
+        ),
+        Sampler(
+            "dpmpp_3m_sde", "DPM++ 3M SDE", "dpmpp_3m_sde",
+            eps=Impl(
+                "DPMSolverMultistepScheduler", {"solver_order": 3, "algorithm_type": "sde-dpmsolver++"},
+                schedules=_EPS_SCHEDULES, stochastic=True,
+            ),
+            comfy_also=("dpmpp_3m_sde_gpu",), steps=30,
         ),
         Sampler(
             # k-diffusion's sample_dpmpp_sde, stochastic (Brownian-tree noise, seeded per image by imagegen).
@@ -129,6 +156,10 @@ SAMPLERS: dict[str, Sampler] = {
             "deis", "DEIS", "deis",
             eps=Impl("DEISMultistepScheduler", schedules=_EPS_SCHEDULES),
         ),
+        # For LCM- and TCD-distilled models or LoRAs (epsilon UNets), at 2-8 steps and CFG about 1-2; both re-noise
+        # every step. Their own timestep skipping allows at most 50 steps (original_inference_steps).
+        Sampler("lcm", "LCM", "lcm", eps=Impl("LCMScheduler", stochastic=True, max_steps=50), steps=4),
+        Sampler("tcd", "TCD", "tcd", eps=Impl("TCDScheduler", stochastic=True, max_steps=50), steps=4),
     )
 }
 
@@ -193,7 +224,8 @@ def _build_index() -> dict[str, tuple[str, str | None, str | None]]:
         for s in SCHEDULES.values()
     }
     for sampler in SAMPLERS.values():
-        names = {sampler.slug, sampler.a1111, *sampler.aliases} | ({sampler.comfy} if sampler.comfy else set())
+        names = {sampler.slug, sampler.a1111, *sampler.aliases, *sampler.comfy_also} | (
+            {sampler.comfy} if sampler.comfy else set())
         pinned = {impl.cls for impl in (sampler.eps, sampler.flow) if impl}
         for name in names:
             add(name, (sampler.slug, None, None))
@@ -209,10 +241,18 @@ def _build_index() -> dict[str, tuple[str, str | None, str | None]]:
                 for key, spellings in schedule_names.items():
                     for spelling in spellings:
                         add(f"{cls} {spelling}", (sampler.slug, key, cls))
+    # ComfyUI's "ddim_uniform" alone would fold to DDIM + the default "uniform" spacing; it is a schedule type, and
+    # typed alone it is refused as one (resolve_scheduler), not read as the DDIM sampler.
+    del index[_norm("ddim_uniform")]
     return index
 
 
 _INDEX = _build_index()
+_SCHEDULE_ONLY = {
+    _norm(spelling)
+    for s in SCHEDULES.values()
+    for spelling in (s.key, s.comfy, s.a1111, *(a for a, k in _SCHEDULE_ALIASES.items() if k == s.key))
+} - set(_INDEX)  # "DDIM" alone stays the DDIM sampler
 
 
 def is_known(name: str) -> bool:
@@ -244,11 +284,14 @@ def _works(family: Family) -> str:
     return ", ".join(samplers) + (tail if schedules else "")
 
 
-def resolve_scheduler(name: str, family: Family | str, *, where: str = "--scheduler") -> SchedulerChoice:
+def resolve_scheduler(name: str, family: Family | str, *, where: str = "--scheduler",
+                      steps: int | None = None) -> SchedulerChoice:
     """Resolve any spelling of a scheduler for `family`, or raise a UsageError listing what works with it."""
     family = _family(family)
-    entry = _INDEX.get(_norm(name))
+    key = _norm(name)
+    entry = _INDEX.get(key)
     works = _works(family)
+    _refuse_unavailable(name, key, family, works, where)
     if entry is None:
         raise UsageError(
             f"{where}: unknown scheduler {name!r}{closest(name, scheduler_names(family))}; for {family.name}: {works}"
@@ -273,10 +316,25 @@ def resolve_scheduler(name: str, family: Family | str, *, where: str = "--schedu
             f"{where}: {sampler.a1111} has no {schedule.a1111} schedule type on {family.name}; "
             + (f"it takes: {takes} (or none, for its default spacing)" if takes else "it takes no schedule type there")
         )
+    if steps is not None and impl.max_steps is not None and steps > impl.max_steps:
+        raise UsageError(f"{where}: {sampler.a1111} takes at most {impl.max_steps} steps (its distilled schedule's "
+                         f"original_inference_steps); got --steps {steps}")
     for needs in {impl.needs, schedule.needs if schedule else None} - {None}:
         _require(needs, f"{where}: {sampler.a1111}{' ' + schedule.a1111 if schedule else ''}")
     kwargs = {**impl.kwargs, **(schedule.kwargs if schedule else {})}
     return SchedulerChoice(sampler=sampler, schedule=schedule, family=family, cls=impl.cls, kwargs=kwargs)
+
+
+def _refuse_unavailable(name: str, key: str, family: Family, works: str, where: str) -> None:
+    """A name for something diffusers lacks, or a schedule type given without a sampler: one line saying so."""
+    for unavailable, why in UNAVAILABLE.items():
+        if key.startswith(_norm(unavailable)):
+            raise UsageError(f"{where}: {name!r} has no diffusers equivalent: {why}; for {family.name}: {works}")
+    if key in _SCHEDULE_ONLY:
+        raise UsageError(
+            f"{where}: {name!r} is a schedule type, not a sampler: put a sampler before it, e.g. 'euler {name}'"
+            + (" (the DDIM sampler is 'DDIM')" if key == _norm("ddim_uniform") else "") + f"; for {family.name}: {works}"
+        )
 
 
 def _require(module: str, what: str) -> None:
@@ -334,7 +392,8 @@ def _table_row(sampler: Sampler, schedule_key: str | None, families: list[Family
     if not works:
         return None
     schedule = SCHEDULES[schedule_key] if schedule_key else None
-    comfy = sampler.comfy + (f" + {schedule.comfy}" if schedule else "") if sampler.comfy else "-"
+    comfy_names = " / ".join((sampler.comfy, *sampler.comfy_also)) if sampler.comfy else ""
+    comfy = comfy_names + (f" + {schedule.comfy}" if schedule else "") if comfy_names else "-"
     return {
         "name": sampler.a1111 + (f" {schedule.a1111}" if schedule else ""),
         "sampler": sampler.slug,

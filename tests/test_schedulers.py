@@ -180,3 +180,141 @@ def test_scheduler_table_cli(cli):
     assert full.code == 0 and "DPM++ 2M Karras" in full.out and "dpmpp_2m + karras" in full.out
     bad = cli("schedulers", "--family", "sd4")
     assert bad.code == 2 and "unknown model family 'sd4'" in bad.err
+
+
+@pytest.mark.parametrize(
+    "spelling, name, cls, kwargs",
+    [
+        ("dpmpp_2m_sde_gpu", "DPM++ 2M SDE", "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
+        ("dpmpp_2m_sde_gpu karras", "DPM++ 2M SDE Karras", "DPMSolverMultistepScheduler",
+         {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True}),
+        ("dpmpp_3m_sde", "DPM++ 3M SDE", "DPMSolverMultistepScheduler",
+         {"solver_order": 3, "algorithm_type": "sde-dpmsolver++"}),
+        ("DPM++ 3M SDE Exponential", "DPM++ 3M SDE Exponential", "DPMSolverMultistepScheduler",
+         {"solver_order": 3, "algorithm_type": "sde-dpmsolver++", "use_exponential_sigmas": True}),
+        ("dpmpp_3m_sde_gpu", "DPM++ 3M SDE", "DPMSolverMultistepScheduler",
+         {"solver_order": 3, "algorithm_type": "sde-dpmsolver++"}),
+        ("lcm", "LCM", "LCMScheduler", {}),
+        ("LCM", "LCM", "LCMScheduler", {}),
+        ("LCMScheduler", "LCM", "LCMScheduler", {}),
+        ("tcd", "TCD", "TCDScheduler", {}),
+        ("TCD", "TCD", "TCDScheduler", {}),
+        ("euler ddim_uniform", "Euler DDIM", "EulerDiscreteScheduler", {"timestep_spacing": "leading", "steps_offset": 1}),
+        ("dpmpp_2m ddim_uniform", "DPM++ 2M DDIM", "DPMSolverMultistepScheduler",
+         {"timestep_spacing": "leading", "steps_offset": 1}),
+        ("Euler a DDIM", "Euler a DDIM", "EulerAncestralDiscreteScheduler",
+         {"timestep_spacing": "leading", "steps_offset": 1}),
+        ("ddim ddim_uniform", "DDIM DDIM", "DDIMScheduler", {"timestep_spacing": "leading", "steps_offset": 1}),
+    ],
+)
+@pytest.mark.parametrize("family", ["sdxl", "sd15"])
+def test_comfyui_and_a1111_names_added_for_issue_13(spelling, name, cls, kwargs, family):
+    choice = resolve_scheduler(spelling, family)
+    assert (choice.name, choice.cls, choice.kwargs) == (name, cls, kwargs)
+
+
+@pytest.mark.parametrize(
+    "spelling, message",
+    [
+        ("euler_cfg_pp", "'euler_cfg_pp' has no diffusers equivalent: CFG++ changes how the guided and unguided"),
+        ("euler_ancestral_cfg_pp", "diffusers has no CFG++ scheduler; for sdxl: Euler,"),
+        ("ddim_uniform", "'ddim_uniform' is a schedule type, not a sampler: put a sampler before it, e.g. "
+                         "'euler ddim_uniform' (the DDIM sampler is 'DDIM'); for sdxl: Euler,"),
+        ("karras", "'karras' is a schedule type, not a sampler"),
+        ("LCM Karras", "LCM has no Karras schedule type on sdxl; it takes no schedule type there"),
+    ],
+)
+def test_names_without_a_diffusers_sampler_say_why(spelling, message):
+    with pytest.raises(UsageError) as info:
+        resolve_scheduler(spelling, "sdxl")
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_lcm_and_tcd_refuse_more_steps_than_their_schedule_has(cli, monkeypatch):
+    import imagegen.loading
+
+    monkeypatch.setattr(imagegen.loading, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    assert resolve_scheduler("LCM", "sdxl", steps=50).name == "LCM"
+    result = cli("txt2img", "x", "--preset", "sdxl", "-s", "tcd", "--steps", "60", "--seed", "1")
+    assert result.code == 2 and result.err == ("imagegen: error: --scheduler: TCD takes at most 50 steps (its distilled "
+                                               "schedule's original_inference_steps); got --steps 60\n")
+
+
+@pytest.mark.parametrize("spelling", ["LCM", "TCD", "dpmpp_3m_sde"])
+def test_new_epsilon_samplers_are_refused_on_flow_models(spelling):
+    with pytest.raises(UsageError, match="does not work with flux models; for flux: Euler"):
+        resolve_scheduler(spelling, "flux")
+
+
+def test_ddim_uniform_gives_comfyuis_timesteps():
+    """ComfyUI's ddim_uniform: every (1000 // steps)-th discrete sigma from index 1, i.e. timesteps 1, 1 + 1000 // steps, ..."""
+    sd15_native = {
+        "_class_name": "PNDMScheduler", "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+        "num_train_timesteps": 1000, "steps_offset": 0, "timestep_spacing": "linspace",
+    }
+    for name in ("euler ddim_uniform", "ddim ddim_uniform", "heun ddim_uniform", "lms ddim_uniform"):
+        for steps in (10, 20, 25):
+            scheduler = build_scheduler(resolve_scheduler(name, "sd15"), sd15_native)
+            scheduler.set_timesteps(steps)
+            comfy = list(range(1, 1000, 1000 // steps))[::-1]
+            timesteps = [int(t) for t in scheduler.timesteps]
+            if name.startswith("heun"):
+                timesteps = timesteps[::2]  # Heun repeats each timestep but the first for its second evaluation
+            assert timesteps == comfy, (name, steps)
+
+
+def test_dpmpp_3m_sde_runs_third_order():
+    import torch
+
+    native = {"_class_name": "EulerDiscreteScheduler", "num_train_timesteps": 1000, "beta_schedule": "scaled_linear",
+              "beta_start": 0.00085, "beta_end": 0.012}
+    scheduler = build_scheduler(resolve_scheduler("dpmpp_3m_sde", "sdxl"), native)
+    assert scheduler.config.solver_order == 3 and scheduler.config.algorithm_type == "sde-dpmsolver++"
+    scheduler.set_timesteps(20)
+    sample = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    for t in scheduler.timesteps:
+        sample = scheduler.step(torch.zeros_like(sample), t, sample, generator=torch.Generator().manual_seed(1)).prev_sample
+    assert scheduler.lower_order_nums == 3 and torch.isfinite(sample).all()  # reached its third-order update
+
+
+@pytest.mark.parametrize("name", ["DPM++ 2M SDE", "DPM++ 3M SDE", "LCM", "TCD", "Euler DDIM", "DPM++ 2M DDIM"])
+def test_new_names_survive_a1111_text(name):
+    from imagegen.metadata import _split_scheduler
+
+    sampler, _, schedule = _split_scheduler(name)
+    assert resolve_scheduler(f"{sampler} {schedule or 'Automatic'}", "sdxl").name == name  # as A1111 text reads back
+
+
+def test_new_names_are_listed(cli):
+    rows = json.loads(cli("schedulers", "--family", "sd15", "--json").out)
+    by_name = {r["name"]: r for r in rows}
+    assert {"LCM", "TCD", "DPM++ 3M SDE", "DPM++ 3M SDE Karras", "Euler DDIM"} <= set(by_name)
+    assert by_name["LCM"]["stochastic"] and by_name["LCM"]["steps"] == 4 and by_name["LCM"]["families"] == ["sd15"]
+    assert by_name["Euler DDIM"]["comfyui"] == "euler + ddim_uniform"
+    full = cli("schedulers", "--json").out
+    assert "dpmpp_3m_sde / dpmpp_3m_sde_gpu" in full and "dpmpp_2m_sde / dpmpp_2m_sde_gpu + karras" in full
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spelling, cls", [("lcm", "LCMScheduler"), ("TCD", "TCDScheduler"),
+                                           ("dpmpp_3m_sde_gpu", "DPMSolverMultistepScheduler"),
+                                           ("euler ddim_uniform", "EulerDiscreteScheduler")])
+def test_new_samplers_draw_on_a_tiny_sd15(cli, tmp_path_factory, tmp_path, spelling, cls):
+    from PIL import Image
+
+    from imagegen.metadata import parse_parameters
+    from imagegen.testing import build_tiny
+
+    model = tmp_path_factory.getbasetemp() / "sd15-schedulers"
+    if not model.exists():
+        build_tiny("sd15", model)
+    result = cli("txt2img", "a lighthouse", "--model", model, "-s", spelling, "--steps", "4", "--cfg", "1.5",
+                 "--seed", "5", "--size", "64x64", "--out", tmp_path, "-q")
+    assert result.code == 0, result.err
+    record = json.loads((tmp_path / "0000-5.json").read_text())
+    assert record["scheduler"]["class"] == cls
+    with Image.open(tmp_path / "0000-5.png") as im:
+        text = parse_parameters(im.text["parameters"])
+        assert im.getextrema() != ((0, 0), (0, 0), (0, 0))
+    read_back = f"{text['Sampler']} {text['Schedule type']}"
+    assert resolve_scheduler(read_back, "sd15").name == record["scheduler"]["name"]

@@ -118,8 +118,8 @@ def test_compare_grid_and_a_reproducible_cell(cli, sd15, tmp_path):
                  "--seed", "3", "--size", "64x64", "--out", tmp_path / "cmp", "--json", "-q")
     assert result.code == 0, result.err
     summary = json.loads(result.out)
-    assert len(summary["cells"]) == 4 and (tmp_path / "cmp" / "grid.png").is_file()
-    cell = next((tmp_path / "cmp" / "cells").glob("*.png"))
+    assert len(summary["cells"]) == 4 and (tmp_path / "cmp" / "compare-001" / "grid.png").is_file()  # a run's folder
+    cell = next((tmp_path / "cmp" / "compare-001" / "cells").glob("*.png"))
     assert cli("reproduce", cell, "--verify", "-q").code == 0
 
 

@@ -175,8 +175,9 @@ def compare(
     steps: Annotated[Optional[str], typer.Option("--steps", help="Step axis: 8,15,30 or a range 10-50:10.")] = None,
     cfg: Annotated[Optional[str], typer.Option("--cfg", help="CFG axis: 3,5,7 or a range 2-8:2.")] = None,
     seeds: Annotated[Optional[str], typer.Option("--seeds", help="Seed axis: 1,2,3 or a range 1-4.")] = None,
-    reference: Annotated[Optional[str], typer.Option("--reference", metavar="SCHEDULER:STEPS", help="The cell every other is measured against. Default: the same scheduler at the largest step count.")] = None,
+    reference: Annotated[Optional[str], typer.Option("--reference", metavar="SCHEDULER:STEPS", help="The cell every other is measured against; one not on the grid is computed as an extra image. Default: the same scheduler at the largest step count.")] = None,
     tolerance: Annotated[float, typer.Option("--tolerance", help="Mean absolute pixel difference (0-255) from the reference still counted as converged.")] = 2.0,
+    max_images: Annotated[Optional[int], typer.Option("--max-images", metavar="N", help="Refuse a comparison of more than N images (counted from the axes before anything runs). Default: 1000.")] = None,
     quiet: Quiet = False, json_: Json = False, debug: Debug = False, **fields,
 ) -> None:
     """Compare schedulers, step counts, CFG scales and seeds on one prompt: a labelled grid, a table and an answer."""
@@ -186,8 +187,11 @@ def compare(
     layer = flags(fields)
     check_companions(layer)
     plan = plan_compare(prompt, layer, schedulers=schedulers, steps=steps, cfg=cfg, seeds=seeds,
-                        reference=reference, tolerance=tolerance)
-    result = run_compare(plan, progress=_batch_progress(quiet))
+                        reference=reference, tolerance=tolerance, max_images=max_images)
+    progress = _batch_progress(quiet)
+    for note in plan.notes:
+        progress.note(note)
+    result = run_compare(plan, progress=progress)
     if json_:
         from ..compare.report import summary_json
 
@@ -202,13 +206,15 @@ def _compare_table(result) -> None:
 
     from ..compare.report import rows
 
-    table = Table(title=f"compare {result.plan.out_dir}")
-    for column in ("scheduler", "steps", "cfg", "seed", "time s", "s/step", "Δ ref", "PSNR dB"):
+    table = Table(title=f"compare {result.out_dir}")
+    for column in ("scheduler", "steps", "cfg", "seed", "model evals", "time s", "s/step", "Δ ref", "PSNR dB"):
         table.add_column(column, justify="right")
     for r in rows(result):
-        table.add_row(r["scheduler"], str(r["steps"]), f"{r['cfg']:g}", str(r["seed"]), f"{r['wall_s']:.2f}",
-                      f"{r['s_per_step']:.3f}", "" if r["mean_abs_diff"] is None else f"{r['mean_abs_diff']:.2f}",
-                      "" if r["psnr_db"] is None else str(r["psnr_db"]))
+        psnr = "" if r["psnr_db"] is None else "∞" if r["psnr_db"] == "inf" else str(r["psnr_db"])
+        scheduler = r["scheduler"] + (" (reference)" if r["role"] == "reference" else "")
+        table.add_row(scheduler, str(r["steps"]), f"{r['cfg']:g}", str(r["seed"]), str(r["model_steps"]),
+                      f"{r['wall_s']:.2f}", f"{r['s_per_step']:.3f}",
+                      "" if r["mean_abs_diff"] is None else f"{r['mean_abs_diff']:.2f}", psnr)
     console = Console(stderr=True)
     console.print(table)
     console.print(result.answer, highlight=False, markup=False)

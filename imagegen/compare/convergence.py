@@ -1,5 +1,9 @@
 """How far each cell of a comparison is from its reference cell (by default the same scheduler at the largest step
-count): mean absolute pixel difference (0-255) and PSNR, and the cheapest setting within tolerance."""
+count): mean absolute pixel difference (0-255) and PSNR, and the cheapest setting within tolerance.
+
+Cost is counted in model evaluations (denoiser forward passes per image), not wall time: wall time is noisy on a
+shared machine, while evaluations are exact. CFG's doubled batch is not counted: a cell and its reference always
+share the CFG scale, so it would cancel out of the ratio."""
 
 from __future__ import annotations
 
@@ -49,11 +53,16 @@ def _answer(result, by_key: dict) -> str:
         return f"no setting cheaper than its reference is within {plan.tolerance:g} mean pixel difference" + (
             f"; the closest is {closest.cell.req.scheduler.name} at {closest.cell.req.steps} steps "
             f"({closest.mad:.2f})" if closest else "")
-    best = min(within, key=lambda c: (c.denoise_s, c.cell.req.steps))
+    best = min(within, key=lambda c: (c.model_steps, c.denoise_s, c.cell.req.steps))
     ref = by_key[(*_ref_of(best, plan), best.cell.req.cfg, best.cell.req.seed)]
-    share = best.denoise_s / ref.denoise_s if ref.denoise_s else 1.0
+    share = best.model_steps / ref.model_steps if ref.model_steps else 1.0
     return (
         f"{best.cell.req.scheduler.name} at {best.cell.req.steps} steps is within tolerance ({best.mad:.2f} mean pixel "
-        f"difference <= {plan.tolerance:g}, PSNR {best.psnr:.1f} dB) of {ref.cell.req.steps}-step "
-        f"{ref.cell.req.scheduler.name} at {100 * share:.0f}% of the cost"
+        f"difference <= {plan.tolerance:g}, PSNR {_db(best.psnr)}) of {ref.cell.req.steps}-step "
+        f"{ref.cell.req.scheduler.name} at {100 * share:.0f}% of the cost ({best.model_steps} of {ref.model_steps} "
+        f"model evaluations; wall time {best.wall_s:.2f} s against {ref.wall_s:.2f} s)"
     )
+
+
+def _db(psnr: float) -> str:
+    return f"{psnr:.1f} dB" if math.isfinite(psnr) else "∞ dB (identical)"

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
+from ..output import check_out_dir
 from ..request import PARSERS, Request, ResolvedRequest
 from ..resolve import resolve
 from ..schedulers import resolve_scheduler
@@ -21,26 +22,45 @@ from ..schedulers import resolve_scheduler
 AXES = ("scheduler", "steps", "cfg", "seed")  # the order varying axes take: rows, columns, then one grid per value
 FLAGS = {"scheduler": "--schedulers", "steps": "--steps", "cfg": "--cfg", "seed": "--seeds"}
 DEFAULT_TOLERANCE = 2.0  # mean absolute pixel difference (0-255) still counted as "the same image"
+DEFAULT_MAX_IMAGES = 1000  # a larger grid needs --max-images: 1000 cells of a 1024px model are hours of work
+MAX_AXIS = 1000
+_PLURAL = {"scheduler": "schedulers", "steps": "step counts", "cfg": "CFG scales", "seed": "seeds"}
 _RANGE = re.compile(r"^\s*(-?[\d.]+)\s*-\s*(-?[\d.]+)\s*(?::\s*([\d.]+))?\s*$")
+
+
+def _parts(name: str, text: str):
+    """Each comma part of an axis: (text, None) for a single value or (text, (start, step, count)) for a range."""
+    flag = FLAGS[name]
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        m = _RANGE.match(part) if name != "scheduler" else None
+        if not m:
+            yield part, None
+            continue
+        start, end, step = float(m.group(1)), float(m.group(2)), float(m.group(3) or 1)
+        if step <= 0 or end < start:
+            raise UsageError(f"{flag} {part!r}: a range is START-END[:STEP] with START <= END and STEP > 0")
+        count = int(math.floor((end - start) / step + 1e-9)) + 1  # counted, never expanded, before the cap
+        if count > MAX_AXIS:
+            raise UsageError(f"{flag} {part!r}: {count} values; at most {MAX_AXIS}")
+        yield part, (start, step, count)
+
+
+def axis_length(name: str, text: str) -> int:
+    """How many values an axis text holds, counted from its ranges without building them."""
+    return sum(1 if r is None else r[2] for _, r in _parts(name, text))
 
 
 def parse_axis(name: str, text: str) -> tuple:
     """'Euler,DDIM' or '8,15,30' or '10-50:10' (a range, end included) -> the axis values, checked."""
     flag = FLAGS[name]
     values: list[Any] = []
-    for part in (p for p in text.split(",") if p.strip()):
+    for part, span in _parts(name, text):
         if name == "scheduler":
-            values.append(part.strip())
+            values.append(part)
             continue
-        m = _RANGE.match(part)
-        raw = [part.strip()]
-        if m:
-            start, end, step = float(m.group(1)), float(m.group(2)), float(m.group(3) or 1)
-            if step <= 0 or end < start:
-                raise UsageError(f"{flag} {part.strip()!r}: a range is START-END[:STEP] with START <= END and STEP > 0")
-            count = int(math.floor((end - start) / step + 1e-9)) + 1
-            if count > 1000:
-                raise UsageError(f"{flag} {part.strip()!r}: {count} values; at most 1000")
+        raw: list[Any] = [part]
+        if span:
+            start, step, count = span
             raw = [start + i * step for i in range(count)]
             if name != "cfg":
                 raw = [int(v) if float(v).is_integer() else v for v in raw]
@@ -54,35 +74,39 @@ def parse_axis(name: str, text: str) -> tuple:
             values.append(parsed)
     if not values:
         raise UsageError(f"{flag}: no values in {text!r}")
-    if len(set(values)) != len(values):
+    if name != "scheduler" and len(set(values)) != len(values):  # schedulers are deduplicated by what they resolve to
         raise UsageError(f"{flag}: a value appears twice in {text!r}")
     return tuple(values)
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One point of the comparison: its request and where it sits (page, row, column)."""
+    """One point of the comparison: its request and where it sits (page, row, column); an off-grid reference has
+    extra=True and no place on the grid."""
 
     req: ResolvedRequest
     values: dict
     page: int
     row: int
     col: int
+    extra: bool = False
 
     @property
     def label(self) -> str:
-        return ", ".join(f"{k} {fmt(v)}" for k, v in self.values.items())
+        text = ", ".join(f"{k} {fmt(v)}" for k, v in self.values.items())
+        return f"reference: {text}" if self.extra else text
 
 
 @dataclass(frozen=True)
 class ComparePlan:
     prompt: str
-    cells: tuple[Cell, ...]
+    cells: tuple[Cell, ...]  # the grid's cells, then any off-grid reference cells
     axes: dict  # axis -> values, every axis (fixed ones have one value)
     varying: tuple[str, ...]  # rows, columns, pages
-    out_dir: Path
+    out_dir: Path  # each run writes into a new folder inside it
     reference: tuple[str, int] | None  # (scheduler, steps) named by --reference, else None (per scheduler)
     tolerance: float
+    notes: tuple[str, ...] = ()  # for the user, e.g. a scheduler given twice under two spellings
 
 
 def fmt(value) -> str:
@@ -91,17 +115,25 @@ def fmt(value) -> str:
 
 def plan_compare(prompt: str, flags: Request, *, schedulers: str | None = None, steps: str | None = None,
                  cfg: str | None = None, seeds: str | None = None, reference: str | None = None,
-                 tolerance: float = DEFAULT_TOLERANCE) -> ComparePlan:
+                 tolerance: float = DEFAULT_TOLERANCE, max_images: int | None = None) -> ComparePlan:
     """Resolve every cell (before any model loads); errors name the axis flag and the value."""
     given = {"scheduler": schedulers, "steps": steps, "cfg": cfg, "seed": seeds}
     base = resolve(Request(**{**flags.given(), "prompt": prompt, "n": 1, "batch_size": 1,
                               "seed": flags.seed if flags.seed is not None else 0}))
+    if not 0 <= tolerance <= 255:
+        raise UsageError(f"--tolerance: must be from 0 to 255 (mean absolute pixel difference), got {tolerance:g}")
+    notes: list[str] = []
+    names = _distinct_schedulers(parse_axis("scheduler", schedulers), base.family, notes) if schedulers else None
+    ref = _parse_reference(reference, base.family) if reference else None
+    lengths = _check_count(given, names, max_images)
     axes = {}
     for name in AXES:
-        if given[name] is not None:
+        if name == "scheduler":
+            axes[name] = names or (base.scheduler.name,)
+        elif given[name] is not None:
             axes[name] = parse_axis(name, given[name])
         else:
-            axes[name] = (base.scheduler.name if name == "scheduler" else getattr(base, name),)
+            axes[name] = (getattr(base, name),)
     if flags.seed is None and given["seed"] is None:
         import secrets
 
@@ -110,29 +142,82 @@ def plan_compare(prompt: str, flags: Request, *, schedulers: str | None = None, 
     if len(varying) > 3:
         raise UsageError("at most three axes may vary (rows, columns and one grid per value); fix one of "
                          + ", ".join(FLAGS[n] for n in varying))
-    if not 0 <= tolerance <= 255:
-        raise UsageError(f"--tolerance: must be from 0 to 255 (mean absolute pixel difference), got {tolerance:g}")
+    cells = _grid_cells(prompt, flags, axes, varying)
+    if ref and not any(c.req.scheduler.name == ref[0] and c.req.steps == ref[1] for c in cells):
+        extra = _reference_cells(prompt, flags, axes, varying, ref)  # at most one per CFG and seed: few
+        _refuse_over(len(cells) + len(extra), lengths, max_images, " + the --reference images")
+        cells += extra
+    out_dir = Path(flags.out or "outputs").expanduser()
+    check_out_dir(out_dir)  # before any model loads, as every command does
+    return ComparePlan(prompt=prompt, cells=tuple(cells), axes=axes, varying=varying, out_dir=out_dir,
+                       reference=ref, tolerance=tolerance, notes=tuple(notes))
 
+
+def _distinct_schedulers(names: tuple, family, notes: list[str]) -> tuple:
+    """The scheduler axis with repeats of one scheduler (same class and config) dropped: the first spelling stays."""
+    kept: dict[tuple, str] = {}
+    for name in names:
+        choice = resolve_scheduler(name, family, where="--schedulers")
+        key = (choice.cls, tuple(sorted((k, repr(v)) for k, v in choice.kwargs.items())))
+        if key in kept:
+            notes.append(f"--schedulers: {name!r} is the same scheduler as {kept[key]!r} ({choice.name}); "
+                         "computed once")
+            continue
+        kept[key] = name
+    return tuple(kept.values())
+
+
+def _check_count(given: dict, schedulers: tuple | None, max_images: int | None) -> dict:
+    """Refuse a grid over the image limit from the axes' lengths alone, before any cell is built; the lengths."""
+    if max_images is not None and max_images < 1:
+        raise UsageError(f"--max-images: must be at least 1, got {max_images}")
+    lengths = {n: axis_length(n, given[n]) if given[n] is not None else 1 for n in AXES}
+    lengths["scheduler"] = len(schedulers) if schedulers else 1
+    _refuse_over(math.prod(lengths.values()), lengths, max_images)
+    return lengths
+
+
+def _refuse_over(count: int, lengths: dict, max_images: int | None, more: str = "") -> None:
+    limit = DEFAULT_MAX_IMAGES if max_images is None else max_images
+    if count > limit:
+        shape = " x ".join(f"{lengths[n]} {_PLURAL[n]}" for n in AXES if lengths[n] > 1) or "1 image"
+        raise UsageError(f"the comparison makes {count:,} images ({shape}{more}), over the limit of {limit:,}; "
+                         f"narrow an axis or raise the limit with --max-images {count}")
+
+
+def _request(prompt: str, flags: Request, values: dict) -> ResolvedRequest:
+    try:
+        return resolve(Request(**{**flags.given(), "prompt": prompt, "n": 1, "batch_size": 1,
+                                  "scheduler": values["scheduler"], "steps": values["steps"],
+                                  "cfg": values["cfg"], "seed": 0}))
+    except UsageError as exc:
+        raise UsageError(_name_axis(str(exc), values)) from None
+
+
+def _grid_cells(prompt: str, flags: Request, axes: dict, varying: tuple) -> list[Cell]:
     cells = []
     resolved: dict[tuple, ResolvedRequest] = {}
     for combo in itertools.product(*(axes[n] for n in AXES)):
         values = dict(zip(AXES, combo))
         key = (values["scheduler"], values["steps"], values["cfg"])
         if key not in resolved:
-            try:
-                resolved[key] = resolve(Request(**{**flags.given(), "prompt": prompt, "n": 1, "batch_size": 1,
-                                                   "scheduler": values["scheduler"], "steps": values["steps"],
-                                                   "cfg": values["cfg"], "seed": 0}))
-            except UsageError as exc:
-                raise UsageError(_name_axis(str(exc), values)) from None
+            resolved[key] = _request(prompt, flags, values)
         req = replace(resolved[key], seed=values["seed"], seed_was_random=False)
         index = [axes[n].index(values[n]) for n in varying] + [0, 0, 0]
         cells.append(Cell(req=req, values={n: values[n] for n in varying} or {"scheduler": values["scheduler"]},
                           row=index[0], col=index[1], page=index[2]))
-    ref = _parse_reference(reference, base.family) if reference else None
-    out_dir = Path(flags.out or "outputs").expanduser()
-    return ComparePlan(prompt=prompt, cells=tuple(cells), axes=axes, varying=varying, out_dir=out_dir,
-                       reference=ref, tolerance=tolerance)
+    return cells
+
+
+def _reference_cells(prompt: str, flags: Request, axes: dict, varying: tuple, ref: tuple[str, int]) -> list[Cell]:
+    """The --reference cell for each CFG and seed, when it is not on the grid: extra images, not grid cells."""
+    cells = []
+    for cfg_value, seed in itertools.product(axes["cfg"], axes["seed"]):
+        values = {"scheduler": ref[0], "steps": ref[1], "cfg": cfg_value, "seed": seed}
+        req = replace(_request(prompt, flags, values), seed=seed, seed_was_random=False)
+        shown = {"scheduler": ref[0], "steps": ref[1], **{n: values[n] for n in ("cfg", "seed") if n in varying}}
+        cells.append(Cell(req=req, values=shown, page=-1, row=-1, col=-1, extra=True))
+    return cells
 
 
 def _name_axis(message: str, values: dict) -> str:

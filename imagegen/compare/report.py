@@ -10,11 +10,11 @@ import json
 import math
 from pathlib import Path
 
-from ..output import first_free, write_new
+from ..output import first_free, slug, write_new, write_new_bytes
 from .plan import fmt
 
 COLUMNS = ("scheduler", "steps", "cfg", "seed", "wall_s", "denoise_s", "s_per_step", "model_steps", "reference",
-           "mean_abs_diff", "psnr_db", "file")
+           "mean_abs_diff", "psnr_db", "role", "file")
 
 
 def _font(size: int):
@@ -36,7 +36,8 @@ def rows(result) -> list[dict]:
             "model_steps": c.model_steps, "reference": c.reference,
             "mean_abs_diff": None if c.mad is None else round(c.mad, 4),
             "psnr_db": None if c.psnr is None else (round(c.psnr, 3) if math.isfinite(c.psnr) else "inf"),
-            "file": str(c.path.relative_to(result.plan.out_dir)) if c.path else None,
+            "role": "reference" if c.cell.extra else "grid",  # an off-grid --reference is an extra image
+            "file": c.path.relative_to(result.out_dir).as_posix() if c.path else None,
         })
     return out
 
@@ -47,8 +48,9 @@ def grid_images(result) -> list:
 
     plan = result.plan
     varying = plan.varying
-    pages = sorted({c.cell.page for c in result.cells})
-    first = result.cells[0].pixels
+    on_grid = [c for c in result.cells if not c.cell.extra]
+    pages = sorted({c.cell.page for c in on_grid})
+    first = on_grid[0].pixels
     h, w = first.shape[:2]
     scale = max(1, 256 // max(w, h))  # small images are enlarged (nearest) so a grid stays legible
     cw, ch = w * scale, h * scale
@@ -64,7 +66,7 @@ def grid_images(result) -> list:
     caption = 20
     grids = []
     for page in pages:
-        cells = [c for c in result.cells if c.cell.page == page]
+        cells = [c for c in on_grid if c.cell.page == page]
         canvas = Image.new("RGB", (int(label_w + len(col_values) * (cw + 8) + 8),
                                    int(top + len(row_values) * (ch + caption + 8) + 8)), "white")
         draw = ImageDraw.Draw(canvas)
@@ -93,27 +95,35 @@ def grid_images(result) -> list:
 
 def write_reports(result) -> None:
 
-    out = result.plan.out_dir
+    """Write the grids, results.csv, results.json and report.html into the run's own folder."""
+    out = result.out_dir
     out.mkdir(parents=True, exist_ok=True)
     table = rows(result)
-    grids = grid_images(result)
+    grids = [_png_bytes(grid) for grid in grid_images(result)]  # encoded once: for the file and the HTML
     result.grids = []
+    plan = result.plan
     for page, grid in enumerate(grids):
-        name = "grid.png" if len(grids) == 1 else f"grid-{page + 1}.png"
+        # A grid per value of the third axis is named by that value: grid-seed-42.png, grid-cfg-3p5.png.
+        name = "grid.png" if len(grids) == 1 else f"grid-{plan.varying[2]}-{value_slug(plan.axes[plan.varying[2]][page])}.png"
         path = _free(out / name)
-        grid.save(path)
+        write_new_bytes(path, grid)  # atomic, never through a link, with the umask's mode
         result.grids.append(path)
-    csv_path = _free(out / "results.csv")
-    with open(csv_path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(table)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(table)
+    write_new_bytes(_free(out / "results.csv"), text.getvalue().encode())
     summary = {"prompt": result.plan.prompt, "tolerance": result.plan.tolerance, "answer": result.answer,
                "load_s": round(result.load_s, 4), "encode_s": round(result.encode_s, 4),
                "denoise_total_s": round(result.denoise_total_s, 4), "cells": table,
                "grids": [p.name for p in result.grids]}
     write_new(_free(out / "results.json"), summary)
-    _free(out / "report.html").write_text(_html(result, table, grids), encoding="utf-8")
+    write_new_bytes(_free(out / "report.html"), _html(result, table, grids).encode())
+
+
+def value_slug(value) -> str:
+    """An axis value as a file-name part: 3.5 -> 3p5."""
+    return slug(fmt(value).replace(".", "p"), 32)
 
 
 def _free(path: Path) -> Path:
@@ -121,21 +131,22 @@ def _free(path: Path) -> Path:
     return first_free(path, lambda n: path.with_name(f"{path.stem}-{n}{path.suffix}"))
 
 
-def _html(result, table: list[dict], grids: list) -> str:
-    images = []
-    for grid in grids:
-        buffer = io.BytesIO()
-        grid.save(buffer, format="PNG")
-        images.append(f'<img alt="grid" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">')
-    head = "".join(f"<th onclick=\"sortBy({i})\">{html.escape(c)}</th>" for i, c in enumerate(COLUMNS))
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape('' if r[c] is None else str(r[c]))}</td>" for c in COLUMNS) + "</tr>"
-        for r in table
-    )
+def _png_bytes(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _html(result, table: list[dict], grids: list[bytes]) -> str:
+    images = [f'<img alt="grid" src="data:image/png;base64,{base64.b64encode(grid).decode()}">' for grid in grids]
+    head = "<th>image</th>" + "".join(
+        f"<th onclick=\"sortBy({i + 1})\">{html.escape(c)}</th>" for i, c in enumerate(COLUMNS))
+    body = "".join("<tr>" + _thumb(r["file"]) + "".join(_td(r[c]) for c in COLUMNS) + "</tr>" for r in table)
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>imagegen compare</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;
-padding:4px 8px;text-align:right}}th{{cursor:pointer;background:#eee}}img{{max-width:100%}}</style></head>
+padding:4px 8px;text-align:right}}th{{cursor:pointer;background:#eee}}img{{max-width:100%}}
+td img{{width:64px;image-rendering:pixelated}}</style></head>
 <body><h1>imagegen compare</h1><p>{html.escape(result.plan.prompt)}</p>
 <p><b>{html.escape(result.answer)}</b></p>{''.join(images)}
 <table id="t"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
@@ -145,7 +156,8 @@ function sortBy(col) {{
   const rows = Array.from(tbody.rows);
   const asc = tbody.dataset.col == col && tbody.dataset.dir != 'asc';
   rows.sort((a, b) => {{
-    const x = a.cells[col].textContent, y = b.cells[col].textContent;
+    const x = a.cells[col].dataset.sort ?? a.cells[col].textContent;
+    const y = b.cells[col].dataset.sort ?? b.cells[col].textContent;
     const nx = parseFloat(x), ny = parseFloat(y);
     const c = (!isNaN(nx) && !isNaN(ny)) ? nx - ny : x.localeCompare(y);
     return asc ? c : -c;
@@ -157,9 +169,27 @@ function sortBy(col) {{
 """
 
 
+def _td(value) -> str:
+    """A table cell; numbers carry data-sort so that an infinite PSNR (shown as ∞) sorts above every finite one."""
+    if value == "inf":
+        return '<td data-sort="1e308">∞</td>'
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f'<td data-sort="{value!r}">{html.escape(fmt(value))}</td>'
+    return f"<td>{html.escape('' if value is None else str(value))}</td>"
+
+
+def _thumb(file: str | None) -> str:
+    """The cell's image, small, linking to the full-size PNG beside the report."""
+    if not file:
+        return "<td></td>"
+    src = html.escape(file, quote=True)
+    return f'<td><a href="{src}"><img alt="{src}" src="{src}" loading="lazy"></a></td>'
+
+
 def summary_json(result) -> str:
     return json.dumps({
         "answer": result.answer, "cells": rows(result), "grids": [str(p) for p in result.grids],
         "load_s": round(result.load_s, 4), "encode_s": round(result.encode_s, 4), "wall_s": round(result.wall_s, 4),
         "denoise_total_s": round(result.denoise_total_s, 4), "overhead": round(result.overhead, 4),
-    })
+        "out_dir": str(result.out_dir),
+    }, allow_nan=False)  # strict JSON: an infinite PSNR is the string "inf", never Infinity

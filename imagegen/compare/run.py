@@ -9,13 +9,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..output import slug
+from ..errors import UsageError
 from ..progress import NullBatchProgress
 from ..session import Session, write
 from ..writer import BackgroundWriter
 from .convergence import convergence
 from .plan import Cell, ComparePlan, fmt
-from .report import write_reports
+from .report import value_slug, write_reports
 
 
 @dataclass
@@ -47,6 +47,7 @@ class CompareResult:
     wall_s: float = 0.0
     grids: list[Path] = field(default_factory=list)
     answer: str = ""
+    out_dir: Path | None = None  # this run's own folder inside plan.out_dir
 
     @property
     def denoise_total_s(self) -> float:
@@ -65,12 +66,14 @@ def run_compare(plan: ComparePlan, *, progress=None) -> CompareResult:
     progress = progress or NullBatchProgress()
     started = time.perf_counter()
     first = plan.cells[0].req
+    out_dir = run_folder(plan.out_dir)  # before loading: a folder that cannot be made fails first
     session = Session()
     session.load(first, progress)  # every cell shares the run's ControlNets and IP-Adapter
     result = CompareResult(plan=plan, load_s=time.perf_counter() - started)
     t0 = time.perf_counter()
     embeddings = first.family.encode_prompt(session.pipe, plan.prompt, first.negative, session.loaded.device)
     result.encode_s = time.perf_counter() - t0
+    result.out_dir = out_dir
     progress.start(total=len(plan.cells))
     writer = BackgroundWriter(max_pending=4)  # PNG encoding and sidecars overlap the next cell's denoising
     try:
@@ -78,8 +81,9 @@ def run_compare(plan: ComparePlan, *, progress=None) -> CompareResult:
             progress.current(cell.label)
             image, record, cell_result = _run_cell(session, cell, embeddings, progress, result, len(plan.cells))
             result.cells.append(cell_result)
-            name = "cells/" + "_".join(f"{k}-{_slug_value(v)}" for k, v in cell.values.items())
-            writer.submit(_write_cell(plan.out_dir, name, image, record, cell_result))
+            name = "cells/" + "reference_" * cell.extra + "_".join(
+                f"{k}-{value_slug(v)}" for k, v in cell.values.items())
+            writer.submit(_write_cell(result.out_dir, name, image, record, cell_result))
             progress.image_done(cell, None)
             if len(result.cells) == 1 and len(plan.cells) > 1:
                 progress.note(f"estimated time for all {len(plan.cells)} cells: {_estimate(plan, cell_result):.1f} s")
@@ -90,6 +94,23 @@ def run_compare(plan: ComparePlan, *, progress=None) -> CompareResult:
     write_reports(result)
     result.wall_s = time.perf_counter() - started
     return result
+
+
+def run_folder(parent: Path) -> Path:
+    """A new folder for this run, compare-001, compare-002, ...: reruns into one --out never share or replace files."""
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--out {parent}: cannot create it ({exc.strerror or exc})") from None
+    taken = [int(p.name[8:]) for p in parent.glob("compare-*") if p.name[8:].isdigit()]
+    number = max(taken, default=0) + 1
+    while True:
+        folder = parent / f"compare-{number:03d}"
+        try:
+            folder.mkdir()  # atomic: two runs started at once get two folders
+            return folder
+        except FileExistsError:
+            number += 1
 
 
 def _run_cell(session: Session, cell: Cell, embeddings: dict, progress, result: CompareResult, total: int):
@@ -135,7 +156,3 @@ class _StepCounter:
     def step(self, step: int, steps: int) -> None:
         self._seen.append(steps)
         self._progress.step(step, steps)
-
-
-def _slug_value(value) -> str:
-    return slug(fmt(value).replace(".", "p"), 32)
