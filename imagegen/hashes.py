@@ -47,12 +47,13 @@ def _save(cache: Path, entries: dict) -> None:
         pass
 
 
-def _digest(path: Path) -> str:
-    digest = hashlib.sha256()
+def digest(path: str | Path) -> str:
+    """The sha256 of a file's bytes, read in 1 MB chunks (no cache: for files imagegen writes itself)."""
+    state = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+            state.update(chunk)
+    return state.hexdigest()
 
 
 def file_sha256(path: str | Path) -> str:
@@ -65,7 +66,7 @@ def file_sha256(path: str | Path) -> str:
         entries = _entries(cache)
         if isinstance(entries.get(key), str):
             return entries[key]
-    sha = _digest(path)
+    sha = digest(path)
     with _lock:
         entries[key] = sha
         _save(cache, entries)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import RunError, UsageError
+from ..hashes import digest as file_sha256  # output files: hashed fresh each time, never cached
 
 MANIFEST = "manifest.jsonl"
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -44,14 +45,6 @@ def request_hash(req, seed: int) -> str:
 
 def shard_name(rank: int) -> str:
     return MANIFEST if rank == 0 else f"manifest.{rank}.jsonl"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
