@@ -62,7 +62,7 @@ _TXT2IMG = {
 @app.command()
 @with_fields(GENERATION, **_TXT2IMG)
 def txt2img(
-    prompt: Annotated[str, typer.Argument(help="What to draw.")],
+    prompt: Annotated[str, typer.Argument(metavar="PROMPT", help="What to draw.")],
     quiet: Quiet = False, json_: Json = False, debug: Debug = False, **fields,
 ) -> None:
     """Generate images from a text prompt (optionally steered by ControlNets and an IP-Adapter)."""
@@ -93,14 +93,14 @@ _BATCH = {
 @with_fields(GENERATION, **_BATCH)
 def batch(
     file: Annotated[str, typer.Argument(metavar="FILE", help="Prompt file: .txt (one prompt a line), .jsonl or .csv (per-line fields); - reads stdin.")],
-    format_: Annotated[Optional[str], typer.Option("--format", help="Prompt-file format when the name does not say: txt, jsonl, csv.", rich_help_panel="Batch")] = None,
-    expand: Annotated[bool, typer.Option("--expand", help="Expand {a|b|c} alternatives into one job per combination.", rich_help_panel="Batch")] = False,
-    skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Run the valid lines even if some are invalid (each is reported).", rich_help_panel="Batch")] = False,
-    restart: Annotated[bool, typer.Option("--restart", help="Start over in a new folder (OUT-2, OUT-3, ...) instead of resuming; nothing is overwritten.", rich_help_panel="Batch")] = False,
-    fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failed job (default: record it and go on; exit code 3).", rich_help_panel="Batch")] = False,
-    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the denoiser: pays off on long runs; the warm-up time is reported.", rich_help_panel="Batch")] = False,
+    format_: Annotated[Optional[str], typer.Option("--format", metavar="TEXT", help="Prompt-file format when the name does not say: txt, jsonl, csv.", rich_help_panel="Batch")] = None,
+    expand: Annotated[bool, typer.Option("--expand", metavar="", help="Expand {a|b|c} alternatives into one job per combination.", rich_help_panel="Batch")] = False,
+    skip_invalid: Annotated[bool, typer.Option("--skip-invalid", metavar="", help="Run the valid lines even if some are invalid (each is reported).", rich_help_panel="Batch")] = False,
+    restart: Annotated[bool, typer.Option("--restart", metavar="", help="Start over in a new folder (OUT-2, OUT-3, ...) instead of resuming; nothing is overwritten.", rich_help_panel="Batch")] = False,
+    fail_fast: Annotated[bool, typer.Option("--fail-fast", metavar="", help="Stop at the first failed job (default: record it and go on; exit code 3).", rich_help_panel="Batch")] = False,
+    compile_: Annotated[bool, typer.Option("--compile", metavar="", help="torch.compile the denoiser: pays off on long runs; the warm-up time is reported.", rich_help_panel="Batch")] = False,
     max_images: Annotated[Optional[int], typer.Option("--max-images", min=1, metavar="INT", help="Refuse a batch that would make more images than this, before planning them (default 100000; a plan holds every image before any is made).", rich_help_panel="Batch")] = None,
-    engine: Annotated[Optional[str], typer.Option("--engine", help="Where the images are made: local (this process), accelerate (the processes of `accelerate launch`), or auto (the default: accelerate under a multi-process launcher, else local; IMAGEGEN_ENGINE overrides auto).", rich_help_panel="Batch")] = None,
+    engine: Annotated[Optional[str], typer.Option("--engine", metavar="TEXT", help="Where the images are made: local (this process), accelerate (the processes of `accelerate launch`), or auto (the default: accelerate under a multi-process launcher, else local; IMAGEGEN_ENGINE overrides auto).", rich_help_panel="Batch")] = None,
     quiet: Quiet = False, json_: Json = False, debug: Debug = False, **fields,
 ) -> None:
     """Generate every prompt of a file: validated first, resumable, crash-safe (flags are every line's defaults)."""
@@ -170,13 +170,13 @@ COMPARED = tuple(name for name in GENERATION
 @app.command()
 @with_fields(COMPARED)
 def compare(
-    prompt: Annotated[str, typer.Argument(help="What to draw.")],
-    schedulers: Annotated[Optional[str], typer.Option("--schedulers", help="Scheduler axis: comma-separated names, e.g. 'Euler,DPM++ 2M Karras,UniPC'.")] = None,
-    steps: Annotated[Optional[str], typer.Option("--steps", help="Step axis: 8,15,30 or a range 10-50:10.")] = None,
-    cfg: Annotated[Optional[str], typer.Option("--cfg", help="CFG axis: 3,5,7 or a range 2-8:2.")] = None,
-    seeds: Annotated[Optional[str], typer.Option("--seeds", help="Seed axis: 1,2,3 or a range 1-4.")] = None,
+    prompt: Annotated[str, typer.Argument(metavar="PROMPT", help="What to draw.")],
+    schedulers: Annotated[Optional[str], typer.Option("--schedulers", metavar="TEXT", help="Scheduler axis: comma-separated names, e.g. 'Euler,DPM++ 2M Karras,UniPC'.")] = None,
+    steps: Annotated[Optional[str], typer.Option("--steps", metavar="TEXT", help="Step axis: 8,15,30 or a range 10-50:10.")] = None,
+    cfg: Annotated[Optional[str], typer.Option("--cfg", metavar="TEXT", help="CFG axis: 3,5,7 or a range 2-8:2.")] = None,
+    seeds: Annotated[Optional[str], typer.Option("--seeds", metavar="TEXT", help="Seed axis: 1,2,3 or a range 1-4.")] = None,
     reference: Annotated[Optional[str], typer.Option("--reference", metavar="SCHEDULER:STEPS", help="The cell every other is measured against; one not on the grid is computed as an extra image. Default: the same scheduler at the largest step count.")] = None,
-    tolerance: Annotated[float, typer.Option("--tolerance", help="Mean absolute pixel difference (0-255) from the reference still counted as converged.")] = 2.0,
+    tolerance: Annotated[float, typer.Option("--tolerance", metavar="FLOAT", help="Mean absolute pixel difference (0-255) from the reference still counted as converged.")] = 2.0,
     max_images: Annotated[Optional[int], typer.Option("--max-images", metavar="N", help="Refuse a comparison of more than N images (counted from the axes before anything runs). Default: 1000.")] = None,
     quiet: Quiet = False, json_: Json = False, debug: Debug = False, **fields,
 ) -> None:
@@ -206,14 +206,17 @@ def _compare_table(result) -> None:
 
     from ..compare.report import rows
 
-    table = Table(title=f"compare {result.out_dir}")
-    for column in ("scheduler", "steps", "cfg", "seed", "model evals", "time s", "s/step", "Δ ref", "PSNR dB"):
-        table.add_column(column, justify="right")
+    from rich import box
+
+    table = Table(title=f"compare {result.out_dir}", box=box.SIMPLE_HEAD)  # no column rules: fits 80 columns
+    table.add_column("scheduler", justify="right", min_width=10)  # the one column that wraps at 80 columns
+    for column in ("steps", "cfg", "seed", "evals", "time s", "Δ ref", "PSNR dB"):  # s/step: in results.csv
+        table.add_column(column, justify="right", no_wrap=True)  # a number cut to "382794…" would lose its meaning
     for r in rows(result):
         psnr = "" if r["psnr_db"] is None else "∞" if r["psnr_db"] == "inf" else str(r["psnr_db"])
         scheduler = r["scheduler"] + (" (reference)" if r["role"] == "reference" else "")
         table.add_row(scheduler, str(r["steps"]), f"{r['cfg']:g}", str(r["seed"]), str(r["model_steps"]),
-                      f"{r['wall_s']:.2f}", f"{r['s_per_step']:.3f}",
+                      f"{r['wall_s']:.2f}",
                       "" if r["mean_abs_diff"] is None else f"{r['mean_abs_diff']:.2f}", psnr)
     console = Console(stderr=True)
     console.print(table)
@@ -239,7 +242,7 @@ _REPRODUCE = {
 @with_fields(REPLAYED, **_REPRODUCE)
 def reproduce(
     source: Annotated[str, typer.Argument(metavar="FILE", help="An imagegen PNG or its .json sidecar, or a PNG with A1111 parameters (with --model or --preset).")],
-    verify: Annotated[bool, typer.Option("--verify", help="Compare with the original; exit 4 if any pixel differs.")] = False,
+    verify: Annotated[bool, typer.Option("--verify", metavar="", help="Compare with the original; exit 4 if any pixel differs.")] = False,
     quiet: Quiet = False, json_: Json = False, debug: Debug = False, **fields,
 ) -> None:
     """Re-run an image's recorded recipe (flags override fields) into a new folder beside it."""

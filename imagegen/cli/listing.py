@@ -35,7 +35,7 @@ def presets_list(json_: Json = False, debug: Debug = False) -> None:
 
 
 @presets_app.command("show")
-def presets_show(name: Annotated[str, typer.Argument(help="Preset name or .toml path.")], json_: Json = False,
+def presets_show(name: Annotated[str, typer.Argument(metavar="NAME", help="Preset name or .toml path.")], json_: Json = False,
                  debug: Debug = False) -> None:
     """Show one preset: its model, defaults, allowed schedulers, and its ControlNet and IP-Adapter tables."""
     from ..presets import load_preset
@@ -73,8 +73,8 @@ def _families() -> str:
 
 @app.command()
 def schedulers(
-    preset: Annotated[Optional[str], typer.Option("--preset", "-p", help="Only what works with this preset.")] = None,
-    family: Annotated[Optional[str], typer.Option("--family", help=f"Only what works with this family ({_families()}).")] = None,
+    preset: Annotated[Optional[str], typer.Option("--preset", "-p", metavar="TEXT", help="Only what works with this preset.")] = None,
+    family: Annotated[Optional[str], typer.Option("--family", metavar="TEXT", help=f"Only what works with this family ({_families()}).")] = None,
     json_: Json = False, debug: Debug = False,
 ) -> None:
     """The scheduler table: every name in A1111, ComfyUI, slug and diffusers spellings, and where it works."""

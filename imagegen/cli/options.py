@@ -13,9 +13,9 @@ from ..families import cfg_help_text
 from ..fields import OUTPUT
 from ..request import FIELDS, Request
 
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or notes on stderr.", rich_help_panel=OUTPUT)]
-Json = Annotated[bool, typer.Option("--json", help="Print one JSON result on stdout.", rich_help_panel=OUTPUT)]
-Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.", rich_help_panel=OUTPUT)]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress or notes on stderr.", rich_help_panel=OUTPUT)]
+Json = Annotated[bool, typer.Option("--json", metavar="", help="Print one JSON result on stdout.", rich_help_panel=OUTPUT)]
+Debug = Annotated[bool, typer.Option("--debug", metavar="", help="Show tracebacks for errors.", rich_help_panel=OUTPUT)]
 
 # What each group of commands takes: every generating field, minus what a command handles its own way.
 GENERATION = tuple(name for name in FIELDS if name != "prompt")
@@ -39,7 +39,7 @@ def option(name: str, *, help: str | None = None, default: Any = None, metavar: 
     if default is not None:
         kind = str
     text = (help or field_help(name)).replace("[", "\\[")  # Rich markup: a [table] in help stays literal
-    info = typer.Option(*field.options, help=text, metavar=metavar or field.metavar,
+    info = typer.Option(*field.options, help=text, metavar=metavar or field.metavar or "TEXT",
                         rich_help_panel=field.panel or ADAPTER_PANELS.get(name))
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[kind, info])
 
