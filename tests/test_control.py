@@ -233,7 +233,7 @@ def test_compare_with_controlnet_and_ip_adapter(cli, tiny_models, tiny_guides, i
                  tiny_guides["flux"]["cn"], "--ip-adapter", inputs / "style.png", "--ip-adapter-model",
                  tiny_guides["flux"]["ip"], "--out", tmp_path / "cmp", "--json", "-q")
     assert result.code == 0, result.err
-    cells = tmp_path / "cmp" / "cells"
+    cells = tmp_path / "cmp" / "compare-001" / "cells"
     assert sorted(p.name for p in cells.glob("*.control.png")) == ["steps-1.control.png", "steps-2.control.png"]
     record = json.loads((cells / "steps-2.json").read_text())
     assert record["control"][0]["type"] == "depth" and record["ip_adapter"]["images"]
@@ -254,7 +254,7 @@ def no_loading(monkeypatch):
 @pytest.mark.parametrize("args, message", [
     (("--control", "sobel:{img}"), "--control: unknown control type 'sobel' in 'sobel:"),
     (("--control", "canny:{dir}/missing.png", "--controlnet-model", "{cn}"), "missing.png: no such file"),
-    (("--control", "canny:{dir}/notanimage.png", "--controlnet-model", "{cn}"), "notanimage.png: not a readable image"),
+    (("--control", "canny:{dir}/notanimage.png", "--controlnet-model", "{cn}"), "notanimage.png: not an image file PIL can read"),
     (("--control", "canny:{img}", "--control", "depth:{dir}/depth.png", "--control-scale", "0.5,0.6,0.7",
       "--controlnet-model", "{cn}", "--controlnet-model", "{cn}"), "--control-scale: 3 values for 2 ControlNets"),
     (("--control", "canny:{img}", "--controlnet-model", "{cn}", "--controlnet-model", "{cn}"),
