@@ -108,7 +108,7 @@ def test_no_absolute_paths_by_default_and_full_keeps_them(cli, guides, tmp_path)
 
     # Portable records replay here: folders are found again by their sha256, inputs relative to the record.
     for png in (tmp_path / "portable" / "txt" / "0000-5.png", next((tmp_path / "portable" / "batch").glob("*.png")),
-                tmp_path / "portable" / "cmp" / "cells" / "steps-2.png"):
+                tmp_path / "portable" / "cmp" / "compare-001" / "cells" / "steps-2.png"):
         again = cli("reproduce", png, "--verify", "-q")
         assert again.code == 0, (png, again.err)
 
