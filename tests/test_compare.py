@@ -138,7 +138,7 @@ def test_compare_grid_tables_and_convergence(cli, tiny_models, tmp_path, monkeyp
 
     monkeypatch.setattr(models, "load_model", counting_load)
     result = cli("compare", "a red fox", "--model", tiny_models["sdxl"], "--schedulers", "Euler,DDIM",
-                 "--steps", "2,4,6", "--seed", "7", "--out", tmp_path / "cmp", "--json", "-q")
+                 "--steps", "2,4,6", "--seed", "7", "--size", "64x64", "--out", tmp_path / "cmp", "--json", "-q")
     out = tmp_path / "cmp" / "compare-001"  # each run has its own folder
     models._LOADED.clear()  # the hooked pipeline is not for other tests
     assert result.code == 0, result.err
@@ -181,7 +181,7 @@ def test_compare_grid_tables_and_convergence(cli, tiny_models, tmp_path, monkeyp
 def test_compare_on_flow_models_with_cfg_and_seed_axes(cli, tiny_models, tmp_path, family):
     out = tmp_path / family
     result = cli("compare", "a castle", "--model", tiny_models[family], "--cfg", "1,3", "--steps", "2,3",
-                 "--seeds", "1,2", "--negative", "blurry", "--out", out, "--json", "-q")
+                 "--seeds", "1,2", "--negative", "blurry", "--size", "64x64", "--out", out, "--json", "-q")
     assert result.code == 0, result.err
     summary = json.loads(result.out)
     assert len(summary["cells"]) == 8
@@ -194,7 +194,7 @@ def test_compare_on_flow_models_with_cfg_and_seed_axes(cli, tiny_models, tmp_pat
 @pytest.mark.slow
 def test_reference_off_the_grid_reruns_and_cost_in_model_evaluations(cli, tiny_models, tmp_path):
     args = ("compare", "a fox", "--model", tiny_models["sdxl"], "--schedulers", "Euler,euler,DDIM", "--steps", "2,3",
-            "--reference", "Euler:5", "--seed", "3", "--out", tmp_path)
+            "--reference", "Euler:5", "--seed", "3", "--size", "64x64", "--out", tmp_path)
     first = cli(*args)
     assert first.code == 0, first.err
     err = " ".join(first.err.split())  # Rich wraps long lines
