@@ -81,3 +81,20 @@ def test_uncached_repo_id_without_preset_is_one_line(cli, tmp_path):
     assert result.code == 1
     assert "nobody/not-cached is not in the Hugging Face cache" in result.err and "(or name its --preset)" in result.err
     assert result.err.count("\n") == 1
+
+
+def test_a_pickle_only_repo_in_the_cache_is_one_line_with_no_library_log(tiny_pickle_sdxl, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from huggingface_hub import constants
+
+    fake_cache_entry(tiny_pickle_sdxl, "tiny-org/pickle-sdxl")
+    env = {**os.environ, "HF_HUB_CACHE": str(constants.HF_HUB_CACHE), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "imagegen", "txt2img", "a fox", "--model", "tiny-org/pickle-sdxl",
+                           "--steps", "1", "--seed", "1", "--size", "64x64", "--out", str(tmp_path), "-q"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    # diffusers logs "An error occurred while trying to fetch ..." on its own before the refusal unless silenced
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert "no safetensors weights" in done.stderr
