@@ -123,23 +123,14 @@ def build_tiny_flux(path: str | os.PathLike, *, seed: int = 0, safetensors: bool
 
 @tiny("sdxl")
 def _tiny_sdxl(seed: int) -> Any:
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     vocab = _clip_vocab()
     te1_hidden, te2_hidden, te2_proj, time_dim = 32, 64, 32, 8  # real: 768, 1280, 1280, 256
 
     _seed(seed, 0)
-    unet = UNet2DConditionModel(
-        sample_size=8,  # default size 8 * 8 = 64 px
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        block_out_channels=(16, 32),
-        layers_per_block=1,
-        norm_num_groups=8,
-        attention_head_dim=(2, 4),
+    unet = _tiny_unet(
         transformer_layers_per_block=(1, 2),
         use_linear_projection=True,
         cross_attention_dim=te1_hidden + te2_hidden,
@@ -166,14 +157,11 @@ def _tiny_sdxl(seed: int) -> Any:
     return pipe
 
 
-@tiny("sd15")
-def _tiny_sd15(seed: int, v_prediction: bool = False) -> Any:
-    from diffusers import PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextModel
+def _tiny_unet(**extra) -> Any:
+    """The two-block UNet SD 1.5 and SDXL share; `extra` adds the family's cross-attention and conditioning."""
+    from diffusers import UNet2DConditionModel
 
-    vocab = _clip_vocab()
-    _seed(seed, 0)
-    unet = UNet2DConditionModel(
+    return UNet2DConditionModel(
         sample_size=8,  # default size 8 * 8 = 64 px
         in_channels=4,
         out_channels=4,
@@ -183,8 +171,18 @@ def _tiny_sd15(seed: int, v_prediction: bool = False) -> Any:
         layers_per_block=1,
         norm_num_groups=8,
         attention_head_dim=(2, 4),
-        cross_attention_dim=32,  # real: 768 (CLIP ViT-L/14)
+        **extra,
     )
+
+
+@tiny("sd15")
+def _tiny_sd15(seed: int, v_prediction: bool = False) -> Any:
+    from diffusers import PNDMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTextModel
+
+    vocab = _clip_vocab()
+    _seed(seed, 0)
+    unet = _tiny_unet(cross_attention_dim=32)  # real: 768 (CLIP ViT-L/14)
     _seed(seed, 1)
     vae = _vae(latent_channels=4, scaling_factor=0.18215, shift_factor=None, quant_conv=True)
     _seed(seed, 2)
