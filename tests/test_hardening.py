@@ -300,3 +300,17 @@ def test_fifos_and_devices_are_refused_not_read_forever(cli, tmp_path, no_weight
     one_line_refusal(cli("txt2img", "a fox", "--preset", preset, "--out", tmp_path / "out"), "not a regular file")
     with pytest.raises(UsageError, match="not a regular file"):
         check_image("/dev/zero", label="--control canny:/dev/zero")
+
+
+def test_an_ip_adapter_shape_mismatch_names_the_first_tensor_whole():
+    from types import SimpleNamespace
+
+    from imagegen.adapters.ip_adapter import _adapter_error
+
+    lines = [f"\tsize mismatch for image_proj.layers.{i}.weight_with_a_long_name: copying a param with shape "
+             f"torch.Size([1280, {i}]) from checkpoint, the shape in current model is torch.Size([768, {i}])."
+             for i in range(3)]
+    exc = RuntimeError("Error(s) in loading state_dict for IPAdapterPlusImageProjection:\n" + "\n".join(lines))
+    message = str(_adapter_error(SimpleNamespace(model="h94/IP-Adapter"), RuntimeError("x"), exc))
+    assert "size mismatch for image_proj.layers.0.weight_with_a_long_name" in message
+    assert message.endswith("torch.Size([768, 0]). (and 2 more)") and "\n" not in message
