@@ -215,7 +215,7 @@ def test_batch_end_to_end_with_per_line_fields_and_seeds(cli, tiny_models, tmp_p
         '{"prompt": "a ship", "negative": "blurry", "cfg": 2}',
     ]) + "\n")
     out = tmp_path / "run"
-    code, summary, err = run_batch_json(cli, f, "--model", tiny_models["sdxl"], "--steps", "2", "--seed", "5",
+    code, summary, err = run_batch_json(cli, f, "--model", tiny_models["sdxl"], "--size", "64x64", "--steps", "2", "--seed", "5",
                                         "--out", out, "--batch-size", "2")
     assert code == 0, err
     assert (summary["total"], summary["done"], summary["failed"]) == (4, 4, 0)
@@ -257,7 +257,7 @@ def test_batched_images_equal_one_at_a_time_txt2img_bit_for_bit(cli, tiny_models
 def test_a_rerun_resumes_with_nothing_lost_or_duplicated(cli, tiny_models, tmp_path):
     f = write(tmp_path / "p.txt", "".join(f"prompt number {i}\n" for i in range(6)))
     out = tmp_path / "run"
-    common = ["--model", tiny_models["sdxl"], "--steps", "2", "--out", out, "--batch-size", "4"]
+    common = ["--model", tiny_models["sdxl"], "--size", "64x64", "--steps", "2", "--out", out, "--batch-size", "4"]
     code, first, _ = run_batch_json(cli, f, *common, "--seed", "1")
     assert code == 0 and first["done"] == 6
     before = check_folder(out, 6)
@@ -283,7 +283,7 @@ def test_a_rerun_resumes_with_nothing_lost_or_duplicated(cli, tiny_models, tmp_p
 def test_a_changed_line_and_a_changed_file_are_made_again(cli, tiny_models, tmp_path):
     f = write(tmp_path / "p.txt", "one\ntwo\nthree\n")
     out = tmp_path / "run"
-    common = ["--model", tiny_models["sdxl"], "--steps", "2", "--out", out]
+    common = ["--model", tiny_models["sdxl"], "--size", "64x64", "--steps", "2", "--out", out]
     assert run_batch_json(cli, f, *common, "--seed", "2")[0] == 0
     before = check_folder(out, 3)
     write(tmp_path / "p.txt", "one\nTWO, changed\nthree\n")
@@ -315,7 +315,7 @@ def test_a_crash_before_the_manifest_line_with_metadata_none_is_adopted(cli, tin
     monkeypatch.setattr(manifest.ManifestWriter, "append", crash_on_third_image)
     f = write(tmp_path / "p.txt", "".join(f"prompt {i}\n" for i in range(4)))
     out = tmp_path / "run"
-    common = ["--model", tiny_models["sdxl"], "--steps", "2", "--out", out, "--seed", "3", "--batch-size", "4",
+    common = ["--model", tiny_models["sdxl"], "--size", "64x64", "--steps", "2", "--out", out, "--seed", "3", "--batch-size", "4",
               "--metadata", "none"]
     assert cli("batch", f, *common, "-q").code == 130
     monkeypatch.setattr(manifest.ManifestWriter, "append", real)
@@ -328,7 +328,7 @@ def test_a_crash_before_the_manifest_line_with_metadata_none_is_adopted(cli, tin
 
 @pytest.mark.slow
 def test_another_batch_or_seed_in_the_folder_is_refused_and_restart_uses_a_new_one(cli, tiny_models, tmp_path):
-    common = ["--model", tiny_models["sdxl"], "--steps", "1", "--out", tmp_path / "run"]
+    common = ["--model", tiny_models["sdxl"], "--size", "64x64", "--steps", "1", "--out", tmp_path / "run"]
     assert run_batch_json(cli, write(tmp_path / "a.txt", "one\ntwo\n"), *common, "--seed", "1")[0] == 0
     result = cli("batch", write(tmp_path / "b.txt", "three\nfour\n"), *common, "-q")
     assert result.code == 2 and "holds 2 images of a different batch" in result.err and "--restart" in result.err
@@ -346,7 +346,7 @@ def test_a_crash_between_writing_and_the_manifest_leaves_nothing_partial(cli, ti
 
     f = write(tmp_path / "p.txt", "".join(f"prompt {i}\n" for i in range(5)))
     out = tmp_path / "run"
-    common = ["--model", tiny_models["sdxl"], "--steps", "2", "--out", out, "--seed", "3", "--batch-size", "2"]
+    common = ["--model", tiny_models["sdxl"], "--size", "64x64", "--steps", "2", "--out", out, "--seed", "3", "--batch-size", "2"]
     real_write_new, calls = output.write_new, []
 
     def crash_on_third_sidecar(path, data):
@@ -411,7 +411,7 @@ def test_first_ctrl_c_finishes_the_group_and_exits_130(cli, tiny_models, tmp_pat
 
     monkeypatch.setattr(session, "call", interrupt_during_first_call)
     f = write(tmp_path / "p.txt", "".join(f"prompt {i}\n" for i in range(6)))
-    common = ["--model", tiny_models["sdxl"], "--steps", "2", "--out", tmp_path / "run", "--batch-size", "2", "--seed", "1"]
+    common = ["--model", tiny_models["sdxl"], "--size", "64x64", "--steps", "2", "--out", tmp_path / "run", "--batch-size", "2", "--seed", "1"]
     result = cli("batch", f, *common)
     assert result.code == 130
     assert "interrupted: 2 new images written, 4 to go; run the same command again" in result.err
@@ -436,7 +436,7 @@ def test_second_ctrl_c_stops_at_once_without_partial_files(cli, tiny_models, tmp
 
     monkeypatch.setattr(session, "call", double_interrupt)
     f = write(tmp_path / "p.txt", "".join(f"prompt {i}\n" for i in range(6)))
-    common = ["--model", tiny_models["sdxl"], "--steps", "2", "--out", tmp_path / "run", "--batch-size", "2",
+    common = ["--model", tiny_models["sdxl"], "--size", "64x64", "--steps", "2", "--out", tmp_path / "run", "--batch-size", "2",
               "--seed", "1"]
     result = cli("batch", f, *common, "-q")
     assert result.code == 130 and "stopped at once" in result.err and "to resume" in result.err
@@ -466,7 +466,7 @@ def test_failed_jobs_are_recorded_and_the_batch_goes_on(cli, tiny_models, tmp_pa
 
     monkeypatch.setattr(session, "call", flaky)
     f = write(tmp_path / "p.txt", "one\ntwo\npoison\nfour\n")
-    common = ["--model", tiny_models["sdxl"], "--steps", "2", "--out", tmp_path / "run", "--batch-size", "4", "--seed", "1"]
+    common = ["--model", tiny_models["sdxl"], "--size", "64x64", "--steps", "2", "--out", tmp_path / "run", "--batch-size", "4", "--seed", "1"]
     code, summary, err = run_batch_json(cli, f, *common)
     assert code == 3, err
     assert sizes == [4, 2, 1, 1, 2, 1, 1]
@@ -490,7 +490,7 @@ def test_fail_fast_stops_at_the_first_failure(cli, tiny_models, tmp_path, monkey
 
     monkeypatch.setattr(session, "call", always_fail)
     f = write(tmp_path / "p.txt", "one\ntwo\nthree\n")
-    code, summary, _ = run_batch_json(cli, f, "--model", tiny_models["sdxl"], "--steps", "1", "--batch-size", "1",
+    code, summary, _ = run_batch_json(cli, f, "--model", tiny_models["sdxl"], "--size", "64x64", "--steps", "1", "--batch-size", "1",
                                       "--out", tmp_path / "run", "--fail-fast")
     assert code == 3 and summary["failed"] == 1 and summary["remaining"] == 2
 
@@ -498,7 +498,7 @@ def test_fail_fast_stops_at_the_first_failure(cli, tiny_models, tmp_path, monkey
 @pytest.mark.slow
 def test_skip_invalid_runs_the_valid_lines(cli, tiny_models, tmp_path):
     f = write(tmp_path / "p.jsonl", '{"prompt": "good"}\n{"prompt": "bad", "steps": 0}\n{"prompt": "also good"}\n')
-    result = cli("batch", f, "--model", tiny_models["sdxl"], "--steps", "1", "--out", tmp_path / "run",
+    result = cli("batch", f, "--model", tiny_models["sdxl"], "--size", "64x64", "--steps", "1", "--out", tmp_path / "run",
                  "--skip-invalid", "--json", "-q")
     assert result.code == 0
     summary = json.loads(result.out)
@@ -516,7 +516,7 @@ def test_groups_swap_the_scheduler_and_load_the_model_once(cli, tiny_models, tmp
     models._LOADED.clear()
     f = write(tmp_path / "p.jsonl", '{"prompt": "a", "scheduler": "DDIM"}\n{"prompt": "b", "scheduler": "Euler a"}\n'
                                     '{"prompt": "c", "scheduler": "DDIM", "size": "64x32"}\n{"prompt": "d"}\n')
-    code, summary, err = run_batch_json(cli, f, "--model", tiny_models["sdxl"], "--steps", "2",
+    code, summary, err = run_batch_json(cli, f, "--model", tiny_models["sdxl"], "--size", "64x64", "--steps", "2",
                                         "--out", tmp_path / "run", "--seed", "1")
     assert code == 0, err
     classes = {}
@@ -530,7 +530,7 @@ def test_groups_swap_the_scheduler_and_load_the_model_once(cli, tiny_models, tmp
 @pytest.mark.slow
 def test_stdin_and_reproduce_of_a_batch_image(cli, tiny_models, tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO("a lighthouse\nan ocean\n".encode())))
-    code, summary, err = run_batch_json(cli, "-", "--model", tiny_models["sdxl"], "--steps", "2",
+    code, summary, err = run_batch_json(cli, "-", "--model", tiny_models["sdxl"], "--size", "64x64", "--steps", "2",
                                         "--out", tmp_path / "run", "--seed", "4", "--batch-size", "2")
     assert code == 0 and summary["done"] == 2, err
     png = tmp_path / "run" / done_entries(tmp_path / "run")["1/0"]["png"]
@@ -545,7 +545,7 @@ def test_compile_reports_its_warm_up(cli, tiny_models, tmp_path, monkeypatch):
 
     models._LOADED.clear()
     f = write(tmp_path / "p.txt", "one\ntwo\nthree\n")
-    code, summary, err = run_batch_json(cli, f, "--model", tiny_models["sdxl"], "--steps", "2", "--batch-size", "1",
+    code, summary, err = run_batch_json(cli, f, "--model", tiny_models["sdxl"], "--size", "64x64", "--steps", "2", "--batch-size", "1",
                                         "--out", tmp_path / "run", "--compile")
     models._LOADED.clear()  # the compiled pipeline is not for other tests
     assert code == 0, err
@@ -556,7 +556,7 @@ def test_compile_reports_its_warm_up(cli, tiny_models, tmp_path, monkeypatch):
 def test_two_processes_under_accelerate_split_the_jobs_and_share_the_resume(tiny_models, tmp_path):
     f = write(tmp_path / "p.txt", "".join(f"prompt {i}\n" for i in range(5)))
     out = tmp_path / "run"
-    args = ["-m", "imagegen", "batch", str(f), "--model", str(tiny_models["sdxl"]), "--steps", "2",
+    args = ["-m", "imagegen", "batch", str(f), "--model", str(tiny_models["sdxl"]), "--size", "64x64", "--steps", "2",
             "--out", str(out), "-q", "--json"]  # no --seed: the processes must agree on a random base seed
     launch = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517"]
@@ -610,7 +610,7 @@ def test_an_unknown_engine_is_one_line_before_loading(cli, tmp_path, monkeypatch
 @pytest.mark.slow
 def test_the_local_engine_by_name(cli, tiny_models, tmp_path):
     f = write(tmp_path / "p.txt", "one\ntwo\n")
-    code, summary, err = run_batch_json(cli, f, "--model", tiny_models["sdxl"], "--steps", "1", "--engine", "local",
+    code, summary, err = run_batch_json(cli, f, "--model", tiny_models["sdxl"], "--size", "64x64", "--steps", "1", "--engine", "local",
                                         "--out", tmp_path / "run", "--seed", "1")
     assert code == 0, err
     assert summary["done"] == 2 and summary["process"] == {"rank": 0, "world": 1}
