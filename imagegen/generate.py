@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +72,10 @@ def generate(prompt: str | None = None, *, progress: Progress | None = None, sav
     return run(resolve(flags), progress=progress, save=save)
 
 
-def run(req: ResolvedRequest, *, progress: Progress | None = None, save: bool = True) -> GenerationResult:
-    """Load (or reuse) the model, generate req.n images in micro-batches, and write each as soon as it exists."""
+def run(req: ResolvedRequest, *, progress: Progress | None = None, save: bool = True,
+        auto_batch: bool = False) -> GenerationResult:
+    """Load (or reuse) the model, generate req.n images in micro-batches, and write each as soon as it exists;
+    auto_batch picks the micro-batch as batch does (--batch-size auto)."""
     progress = progress or NullProgress()
     out_dir = Path(req.out).expanduser()
     first_index = next_index(out_dir) if save else 0
@@ -90,6 +92,8 @@ def run(req: ResolvedRequest, *, progress: Progress | None = None, save: bool = 
     session.load(req, progress)
     load_s = time.perf_counter() - started  # near 0 when the pipeline was already loaded in this process
     session.set_scheduler(req)
+    if auto_batch:
+        req = replace(req, batch_size=min(session.auto_batch_size(req), req.n))
     totals = {"load_s": load_s, "denoise_s": 0.0, "decode_s": 0.0, "save_s": 0.0}
     results: list[ImageResult] = []
     progress.start(total=req.n, steps=req.steps)

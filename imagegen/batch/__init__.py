@@ -11,10 +11,11 @@ The run, in order:
 
 from __future__ import annotations
 
+from ..session import auto_batch_size  # the rule both runners share; part of batch's API as before
 from .engines import ENGINES, Engine, engine_name, get_engine
 from .plan import BATCH_NAME, BatchPlan, PlannedImage, derive_seed, prepare
 from .result import BatchResult
-from .run import auto_batch_size, run_batch
+from .run import run_batch
 
 __all__ = ["BATCH_NAME", "ENGINES", "BatchPlan", "BatchResult", "Engine", "PlannedImage", "auto_batch_size",
            "derive_seed", "engine_name", "get_engine", "prepare", "run_batch"]

@@ -21,23 +21,6 @@ from .result import BatchResult
 from .resume import adopt, check_done, clean_temp_files, done_line
 
 
-def auto_batch_size(device: str, latent_width: int, latent_height: int) -> int:
-    """The micro-batch `--batch-size auto` picks, from benchmarks/batch_speed.py's measurements on a 2-core CPU.
-
-    CPU: the demo model (16x16 latents) ran at 0.61x the plain loop's time with batch 8; a reduced SDXL UNet at
-    256x256 (32x32 latents) at 0.80x with batch 4 and 1.06x with batch 1. Larger latents are unmeasured on a CPU
-    and stay at 1 (memory). GPU: larger batches fill the device; unmeasured in this release.
-    """
-    area = latent_width * latent_height
-    if device == "cpu":
-        if area <= 16 * 16:
-            return 8
-        return 4 if area <= 32 * 32 else 1
-    if area <= 64 * 64:
-        return 8
-    return 4 if area <= 128 * 128 else 2
-
-
 class _Stop:
     """Ctrl-C handling: the first press asks to stop after the current micro-batch, the second stops at once."""
 
@@ -173,11 +156,9 @@ class _Runner:
     def _group(self, group: list[PlannedImage], stop: _Stop) -> bool:
         """Run one group in micro-batches; False to stop the run (Ctrl-C or --fail-fast)."""
         req = group[0].req
-        pipe = self.session.load(req, self.progress, compile=self.compile)
+        self.session.load(req, self.progress, compile=self.compile)
         self.session.set_scheduler(req)
-        factor = getattr(pipe, "vae_scale_factor", 8) or 8
-        size = self.batch_size or auto_batch_size(self.session.loaded.device, req.width // factor,
-                                                  req.height // factor)
+        size = self.batch_size or self.session.auto_batch_size(req)
         self.chosen[size] = True
         if self.writer is None:
             self.writer = BackgroundWriter(max_pending=2 * size)

@@ -41,18 +41,6 @@ def _batch_size(value: str) -> int | None:
         raise UsageError(f"--batch-size: {exc}, or auto") from None
 
 
-def _auto_batch_size(req):
-    """The request with --batch-size auto decided by batch's rule (batch.auto_batch_size): device and latent size."""
-    from dataclasses import replace
-
-    from ..batch import auto_batch_size
-    from ..loading import resolve_device
-
-    # Every shipped family's VAE downsamples by 8 (a batch reads the factor from the loaded pipeline: the same).
-    size = auto_batch_size(resolve_device(req.device), req.width // 8, req.height // 8)
-    return replace(req, batch_size=min(size, req.n))
-
-
 _TXT2IMG = {
     "batch_size": {"help": "Images per pipeline call, or auto (by device and latent size, as batch picks). Results do "
                            "not depend on it. Default: 1", "metavar": "INT|auto"},
@@ -73,8 +61,7 @@ def txt2img(
     auto = size is not None and _batch_size(size) is None
     layer = flags({**fields, "prompt": prompt, "batch_size": None if auto else size})
     check_companions(layer)
-    req = resolve(layer)
-    _emit(run(_auto_batch_size(req) if auto else req, progress=_progress(quiet)), json_)
+    _emit(run(resolve(layer), progress=_progress(quiet), auto_batch=auto), json_)
 
 
 _BATCH = {
