@@ -53,6 +53,7 @@ def build_record(req, loaded, *, seed: int, scheduler_config: dict, scheduler_cl
     """The full recipe of one image: everything needed to make it again, and how it was made."""
     return {
         "schema": SCHEMA,
+        "mode": req.mode.name,
         "prompt": req.prompt,
         "negative": req.negative,
         "seed": seed,

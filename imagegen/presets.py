@@ -10,6 +10,7 @@ from typing import Any
 from .adapters import ADAPTERS
 from .errors import UsageError, closest
 from .families import FAMILIES
+from .modes import MODES
 from .paths import MB, builtin_presets_dir, read_regular, user_presets_dir
 from .request import PARSERS, PRESET_FIELDS, Request
 from .schedulers import SAMPLERS, resolve_scheduler
@@ -17,7 +18,7 @@ from .schedulers import SAMPLERS, resolve_scheduler
 # Top-level keys of a preset file: its own, then one table per adapter ([controlnet], [ip_adapter]).
 TABLES = {a.preset_table: a for a in ADAPTERS if a.preset_table}
 PRESET_KEYS = {"name", "description", "family", "model", "revision", "variant", "dtype", "schedulers", "defaults",
-               *TABLES}
+               "modes", "pipelines", *TABLES}
 REQUIRED_KEYS = {"family", "model", "defaults"}
 REQUIRED_DEFAULTS = {"steps", "cfg", "size", "scheduler"}
 
@@ -37,6 +38,25 @@ class Preset:
     defaults: Request
     source: Path
     tables: dict = field(default_factory=dict)  # adapter table name -> its validated table
+    modes: tuple[str, ...] = ()  # the modes it can run; empty: every mode its family has a pipeline for
+    pipelines: dict = field(default_factory=dict)  # mode -> the family's pipeline variant it runs ("fill")
+
+    def can(self, mode) -> bool:
+        """Whether this preset runs `mode` (its own list, and a pipeline for it in its family)."""
+        if self.modes and mode.name not in self.modes:
+            return False
+        return self.family.pipeline_class(mode.task, self.pipelines.get(mode.name)) is not None
+
+    def pipeline_variant(self, mode) -> str | None:
+        """The family's pipeline variant this preset runs `mode` with; refuses a mode it cannot run, naming the
+        presets that can."""
+        if not self.can(mode):
+            able = [p.name for p in scan_presets()[0] if p.can(mode)]
+            kin = [name for name in able if load_preset(name).family is self.family]
+            able = kin or able  # this family's first: the same model kind is the likely fix
+            raise UsageError(f"preset {self.name!r} cannot do {mode.name}; presets that can: "
+                             f"{', '.join(able) or 'none'}")
+        return self.pipelines.get(mode.name)
 
     def request(self) -> Request:
         """The preset as a request layer."""
@@ -81,6 +101,7 @@ def parse_preset(data: dict, source: Path, name: str | None = None) -> Preset:
     if allowed and scheduler.sampler.slug not in allowed:
         raise _fail(where, f"defaults.scheduler: {scheduler.name!r} is not in this preset's schedulers list")
     tables = {key: adapter.check_preset_table(data[key], where) for key, adapter in TABLES.items() if key in data}
+    modes, pipelines = _modes(data.get("modes", []), data.get("pipelines", {}), family, where)
     return Preset(
         name=text("name", name or source.stem),
         family=family,
@@ -93,7 +114,28 @@ def parse_preset(data: dict, source: Path, name: str | None = None) -> Preset:
         defaults=defaults,
         source=source,
         tables=tables,
+        modes=modes,
+        pipelines=pipelines,
     )
+
+
+def _modes(modes, pipelines, family, where: str) -> tuple[tuple[str, ...], dict]:
+    """modes = [...] (what the preset can run) and [pipelines] mode = variant (the family's pipeline it runs with)."""
+    if not isinstance(modes, list) or not all(isinstance(m, str) for m in modes):
+        raise _fail(where, f"modes: must be a list of mode names ({', '.join(MODES)}), got {modes!r}")
+    for mode in modes:
+        if mode not in MODES:
+            raise _fail(where, f"modes: unknown mode {mode!r}{closest(mode, MODES)}; valid: {', '.join(MODES)}")
+    if not isinstance(pipelines, dict):
+        raise _fail(where, "pipelines: must be a table ([pipelines]) of mode = pipeline variant")
+    for mode, variant in pipelines.items():
+        if mode not in MODES:
+            raise _fail(where, f"pipelines: unknown mode {mode!r}{closest(mode, MODES)}; valid: {', '.join(MODES)}")
+        variants = sorted(v for (task, v) in family.pipelines if task == MODES[mode].task and v)
+        if variant not in variants:
+            raise _fail(where, f"pipelines.{mode}: {family.name} has no {variant!r} pipeline for {mode}; valid: "
+                               f"{', '.join(variants) or 'none'}")
+    return tuple(modes), dict(pipelines)
 
 
 def _defaults(table, family, where: str):

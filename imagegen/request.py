@@ -99,6 +99,7 @@ class ResolvedRequest:
     gpu_dtype: str = "auto"  # the preset's dtype, used on a GPU when dtype is auto
     notes: tuple[str, ...] = ()  # things the user should be told (true CFG turned on, ...)
     adapters: tuple[tuple[str, Any], ...] = ()  # (adapter name, its resolved spec), in registry order
+    pipeline_variant: str | None = None  # the preset's pipeline variant for the mode ("fill"), if any
 
     @property
     def seeds(self) -> list[int]:

@@ -10,7 +10,7 @@ from .errors import RunError, UsageError
 from .families import FAMILIES
 from .hub import not_cached_message
 from .models import canonical_model, inspect_model
-from .modes import get_mode
+from .modes import mode_for
 from .output import check_template
 from .presets import list_presets, load_preset
 from .request import DEFAULT_PRESET, DEFAULTS, Request, ResolvedRequest
@@ -28,14 +28,15 @@ def check_companions(layer: Request) -> None:
 
 
 def resolve(flags: Request, replay: Request | None = None, line: Request | None = None, *,
-            mode: str = "txt2img") -> ResolvedRequest:
+            mode: str | None = None) -> ResolvedRequest:
     """Merge the layers and validate the result against the preset, the model and the scheduler registry.
 
     Precedence, lowest first:
         built-in defaults < preset < replayed metadata < command-line flags (or API arguments) < prompt-file line
     In a batch the flags are the defaults of every line, so a field a line sets beats the flag (a line can name
     its own preset, whose defaults then sit below the flags). A field that is None in a layer was not given there
-    and does not override the layers below it.
+    and does not override the layers below it. The mode follows from the fields (imagegen.modes); a command that
+    names one (`mode`) is held to it.
     """
     replay, line = replay or Request(), line or Request()
     top = {**replay.given(), **flags.given(), **line.given()}  # the layers above the preset, in precedence order
@@ -58,13 +59,16 @@ def resolve(flags: Request, replay: Request | None = None, line: Request | None 
             f"--model {merged['model']} is a {info.family.name} model but preset {preset.name!r} is for "
             f"{family.name}; pick a {info.family.name} preset or leave out --preset"
         )
+    run_mode = mode_for(merged, mode)
+    variant = preset.pipeline_variant(run_mode)  # refuses a mode the preset cannot do, naming presets that can
     scheduler = resolve_scheduler(merged["scheduler"], family, steps=merged["steps"])
     preset.check_scheduler(scheduler)
     check_template(merged["name"])
-    width, height, multiple = _size(merged["size"], info, family)
-    run_mode = get_mode(mode)
+    width, height, multiple = _size(_wanted_size(merged, top, info, family), info, family)
     adapters, notes = _adapters(merged, top, ResolveContext(
-        preset=preset, family=family, task=run_mode.task, width=width, height=height, presets_with=_presets_with(family)))
+        preset=preset, family=family, task=run_mode.task, width=width, height=height, presets_with=_presets_with(family),
+        multiple=multiple, max_side=info.max_side, variant=variant, size_given="size" in top))
+    _check_pipeline(family, run_mode, variant, adapters, merged["cfg"], preset)
     _check_guidance(merged, top, info, family, notes)
     _check_revision(merged, top, info)
 
@@ -79,8 +83,31 @@ def resolve(flags: Request, replay: Request | None = None, line: Request | None 
         family=family, model=merged["model"], revision=merged.get("revision"), variant=merged.get("variant"),
         dtype=merged["dtype"], device=merged["device"], out=merged["out"], name=merged["name"],
         metadata=merged["metadata"], mode=run_mode, multiple=multiple, gpu_dtype=preset.dtype, notes=tuple(notes),
-        adapters=adapters,
+        adapters=adapters, pipeline_variant=variant,
     )
+
+
+def _wanted_size(merged: dict, top: dict, info, family) -> tuple[int, int]:
+    """--size when given; else the size an init image implies (its own, rounded); else the preset's."""
+    if "size" not in top:
+        multiple = info.multiple or family.default_multiple
+        for adapter in ADAPTERS:
+            implied = adapter.default_size(merged, multiple)
+            if implied is not None:
+                return implied
+    return merged["size"]
+
+
+def _check_pipeline(family, mode, variant, adapters, cfg: float, preset) -> None:
+    """Refuse, before loading, an adapter the mode's pipeline cannot take and a --cfg its pipeline has no CFG for."""
+    shaping = [a for a in ADAPTERS if a.variant and a.name in dict(adapters)]
+    if shaping and variant:
+        raise UsageError(f"--{shaping[0].name}: preset {preset.name!r} runs {mode.name} with "
+                         f"{family.pipeline_class(mode.task, variant)}, which takes no {shaping[0].variant}")
+    cls = family.pipeline_class(mode.task, shaping[0].variant if shaping else variant)
+    problem = family.cfg_problem(cls, cfg)
+    if problem:
+        raise UsageError(problem)
 
 
 def _check_guidance(merged: dict, top: dict, info, family, notes: list[str]) -> None:
@@ -116,13 +143,13 @@ def _preset(top: dict):
         info = inspect_model(model, top.get("revision"))
         if info.family is None:
             raise RunError(not_cached_message(model, top.get("revision")) + " (or name its --preset)")
-        return _family_preset(info.family, model)
+        return _family_preset(info.family, model, info.pipeline_class)
     return load_preset(DEFAULT_PRESET)
 
 
-def _family_preset(family, model: str):
+def _family_preset(family, model: str, pipeline_class: str | None = None):
     try:
-        return load_preset(family.default_preset)
+        return load_preset(family.class_presets.get(pipeline_class, family.default_preset))
     except UsageError as exc:
         raise UsageError(f"--model {model}: no default preset for family {family.name!r} ({exc})") from None
 

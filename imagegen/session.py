@@ -96,10 +96,24 @@ class Session:
 
     def call(self, reqs: list, seeds: list[int], progress, embeddings: dict | None = None) -> Call:
         """One pipeline call for a micro-batch of requests sharing a group key; one CPU generator per image, so each
-        depends only on its own seed. `embeddings` (from the family's encode_prompt) replace the prompts."""
+        depends only on its own seed. `embeddings` (from the family's encode_prompt) replace the prompts. Each part
+        then finishes the images (an inpaint composited, a hires pass run)."""
+        first = reqs[0]
+        start = time.perf_counter()
+        output, marks = self._invoke(self.pipe, call_arguments(reqs, embeddings), seeds, progress, first)
+        images = output.images
+        run = _Run(self, reqs, seeds, progress, embeddings)
+        for adapter, spec in active(first):
+            images = adapter.finish(spec, images, run)
+        end = time.perf_counter()
+        denoise_end = marks[-1] if marks else end
+        return Call(images=list(images), timings={"denoise_s": denoise_end - start, "decode_s": end - denoise_end},
+                    scheduler_config=dict(self.pipe.scheduler.config), scheduler_class=type(self.pipe.scheduler).__name__)
+
+    def _invoke(self, pipe, kwargs: dict, seeds: list[int], progress, first) -> tuple[Any, list[float]]:
+        """Call `pipe` with fresh per-image generators; (its output, the time each step ended)."""
         import torch
 
-        pipe, first = self.pipe, reqs[0]
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
         if hasattr(pipe.scheduler, "noise_sampler_seed"):
             # DPM++ SDE draws Brownian-tree noise from its own seeds: one per image, like the generators.
@@ -113,27 +127,53 @@ class Session:
             progress.step(step + 1, len(pipe_.scheduler.timesteps))
             return callback_kwargs
 
-        start = time.perf_counter()
+        kwargs = {"output_type": "pil", **kwargs}
         try:
-            kwargs = call_arguments(reqs, embeddings)
             with contextlib.ExitStack() as stack:
                 for adapter, spec in active(first):
                     stack.enter_context(adapter.during_call(pipe, spec, first.family, seeds))
-                output = pipe(**kwargs, generator=generators, output_type="pil", callback_on_step_end=on_step_end)
+                output = pipe(**kwargs, generator=generators, callback_on_step_end=on_step_end)
         except torch.OutOfMemoryError as exc:
             raise OutOfMemory(
-                f"out of memory at {first.size} with batch size {len(seeds)}: lower --batch-size or --size"
+                f"out of memory at {kwargs.get('width')}x{kwargs.get('height')} with batch size {len(seeds)}: lower "
+                f"--batch-size or --size"
             ) from exc
-        end = time.perf_counter()
-        denoise_end = marks[-1] if marks else end
-        return Call(images=list(output.images), timings={"denoise_s": denoise_end - start, "decode_s": end - denoise_end},
-                    scheduler_config=dict(pipe.scheduler.config), scheduler_class=type(pipe.scheduler).__name__)
+        return output, marks
 
     def record(self, req, call: Call, *, seed: int, timings: dict, batch: dict) -> dict:
         """The image's full recipe."""
-        return build_record(req, self.loaded, seed=seed, scheduler_config=call.scheduler_config,
-                            scheduler_class=call.scheduler_class, timings=timings, batch=batch,
-                            lib_versions=self.versions)
+        record = build_record(req, self.loaded, seed=seed, scheduler_config=call.scheduler_config,
+                              scheduler_class=call.scheduler_class, timings=timings, batch=batch,
+                              lib_versions=self.versions)
+        record["runtime"]["pipeline_class"] = type(self.pipe).__name__  # the mode's (from_pipe), not the loaded one
+        return record
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What a part's finish step may use: the micro-batch, and `again` for a second pass (hires fix)."""
+
+    session: Session
+    reqs: list
+    seeds: list[int]
+    progress: Any
+    embeddings: dict | None
+
+    @property
+    def pipe(self):
+        return self.session.pipe
+
+    def again(self, task: str, overrides: dict) -> list:
+        """The same micro-batch through the family's `task` pipeline (from_pipe: the same modules), with the same
+        seeds, scheduler and prompts, and `overrides` on top of the call arguments; its images."""
+        session, first = self.session, self.reqs[0]
+        pipe = pipeline_for(session.loaded, first, task=task)
+        pipe.scheduler = session.pipe.scheduler  # the request's scheduler; each call sets its own timesteps
+        kwargs = call_arguments(self.reqs, self.embeddings)
+        kwargs.pop("output_type", None)
+        kwargs.update(overrides)
+        output, _ = session._invoke(pipe, kwargs, self.seeds, self.progress, first)
+        return list(output.images)
 
 
 def call_arguments(reqs: list, embeddings: dict | None = None) -> dict:
@@ -145,7 +185,7 @@ def call_arguments(reqs: list, embeddings: dict | None = None) -> dict:
     kwargs.update(first.family.guidance_arguments(first.cfg, first.guidance, [r.negative for r in reqs]))
     if embeddings is not None:
         kwargs.pop("prompt")
-        kwargs.pop("negative_prompt")
+        kwargs.pop("negative_prompt", None)
         kwargs.update(first.family.embeddings_for(embeddings, first.cfg))
     return kwargs
 
@@ -162,17 +202,18 @@ def write(image, out_dir: Path, name: str, record: dict, req) -> Written:
     return write_image(image, out_dir, name, parameters=a1111_parameters(written), record=written, extras=extras)
 
 
-def pipeline_for(loaded, req):
-    """The pipeline that runs `req`: the loaded one with the request's in-place adapters applied (and others removed),
-    or the family's variant for its mode and adapters, built with `from_pipe`: the same module objects, so the base
-    weights are in memory once whatever mix of requests a run holds."""
+def pipeline_for(loaded, req, task: str | None = None):
+    """The pipeline that runs `req` (or its `task`, for a second pass): the loaded one with the request's in-place
+    adapters applied (and others removed), or the family's class for its mode, preset and adapters, built with
+    `from_pipe`: the same module objects, so the base weights are in memory once whatever mix of requests a run
+    holds."""
     base = loaded.pipe
     if _apply_in_place(loaded, req):
         loaded.derived.clear()  # built with the components the change replaced
         make_invariant(base, loaded.device)
-    shaping = [(adapter, spec) for adapter, spec in active(req) if adapter.variant]
-    variant = shaping[0][0].variant if shaping else None
-    cls = req.family.pipeline_class(req.mode.task, variant)
+    shaping = [(adapter, spec) for adapter, spec in active(req) if adapter.variant and task is None]
+    variant = shaping[0][0].variant if shaping else req.pipeline_variant if task is None else None
+    cls = req.family.pipeline_class(task or req.mode.task, variant)
     if cls == req.family.pipeline_class() and not shaping:
         return base
     key = (cls, tuple(adapter.key(spec) for adapter, spec in shaping))

@@ -123,12 +123,14 @@ def test_files_and_functions_stay_small():
     assert long_files == [] and long_functions == []
 
 
-@pytest.mark.parametrize("command", ["txt2img", "batch", "compare", "reproduce"])
+@pytest.mark.parametrize("command", ["txt2img", "img2img", "inpaint", "batch", "compare", "reproduce"])
 def test_cli_options_are_the_field_tables(command):
     """Every option a generating command takes for a request field is made from that field's one declaration."""
     import typer
 
+    from imagegen.adapters import ADAPTERS
     from imagegen.cli import app
+    from imagegen.modes import MODES
     from imagegen.request import FIELDS, LINE_FIELDS
 
     click = typer.main.get_command(app).commands[command]
@@ -137,9 +139,11 @@ def test_cli_options_are_the_field_tables(command):
     for name in callback.fields:
         assert tuple(by_name[name].opts + by_name[name].secondary_opts) == FIELDS[name].options, name
         assert by_name[name].multiple == FIELDS[name].repeat, name
-    if command in ("txt2img", "batch"):  # every field a prompt-file line may set is a flag too
-        assert set(LINE_FIELDS) - {"prompt"} <= set(callback.fields)
-    if command != "reproduce":  # every adapter's options, on every generating command
-        from imagegen.adapters import ADAPTERS
-
-        assert {f.name for a in ADAPTERS for f in a.fields} <= set(callback.fields)
+    # A single-mode command takes every line field but those of other modes; batch takes them all.
+    refused = set(MODES[command].refuses) if command in MODES else {"strength"} if command == "compare" else set()
+    refused |= {f.name for a in ADAPTERS if a.fields[0].name in refused for f in a.fields}
+    if command in (*MODES, "batch"):  # every field a prompt-file line may set is a flag too
+        assert set(LINE_FIELDS) - {"prompt"} - refused <= set(callback.fields)
+        assert not refused & set(callback.fields)
+    if command != "reproduce":  # every adapter's options, on every generating command (but another mode's)
+        assert {f.name for a in ADAPTERS for f in a.fields} - refused <= set(callback.fields)

@@ -39,7 +39,7 @@ def words(text: str) -> str:
 
 def panels(text: str) -> dict[str, str]:
     """Each Rich help panel's title -> its text."""
-    found = re.split(r"╭─ ([\w-]+) ─*╮", text)
+    found = re.split(r"╭─ ([\w -]+?) ─*╮", text)
     return {title: body.split("╰")[0] for title, body in zip(found[1::2], found[2::2])}
 
 
@@ -127,7 +127,8 @@ def test_txt2img_help_groups_options_in_panels_with_an_example(cli):
     result = cli("txt2img", "--help")
     assert result.code == 0
     found = panels(result.out)
-    assert list(found) == ["Arguments", "Options", "Generation", "Model", "ControlNet", "IP-Adapter", "Output"]
+    assert list(found) == ["Arguments", "Options", "Generation", "Model", "ControlNet", "IP-Adapter", "Hires fix",
+                           "Output"]
     where = {"--steps": "Generation", "--scheduler": "Generation", "--batch-size": "Generation", "--preset": "Model",
              "--device": "Model", "--control-scale": "ControlNet", "--ip-scale": "IP-Adapter", "--out": "Output",
              "--json": "Output", "--quiet": "Output"}
@@ -140,7 +141,8 @@ def test_txt2img_help_groups_options_in_panels_with_an_example(cli):
     assert 'Examples: imagegen txt2img "a lighthouse at dusk" --preset sdxl -s "DPM++ 2M Karras"' in text
 
 
-@pytest.mark.parametrize("command", [["txt2img"], ["batch"], ["compare"], ["reproduce"], ["schedulers"],
+@pytest.mark.parametrize("command", [["txt2img"], ["img2img"], ["inpaint"], ["batch"], ["compare"], ["reproduce"],
+                                     ["schedulers"],
                                      ["presets", "list"], ["presets", "show"]])
 def test_every_command_shows_an_example(cli, command):
     text = words(cli(*command, "--help").out)

@@ -137,7 +137,7 @@ def test_a_broken_user_preset_is_reported_and_the_rest_listed(cli, isolated_home
         assert lines[0].startswith(f"imagegen: warning: skipped {presets / 'broken.toml'}: not valid TOML")
         assert lines[1] == (f"imagegen: warning: skipped {presets / 'typo.toml'}: unknown key 'famly' "
                             "(did you mean 'family'?); valid keys: controlnet, defaults, description, dtype, family, "
-                            "ip_adapter, model, name, revision, schedulers, variant")
+                            "ip_adapter, model, modes, name, pipelines, revision, schedulers, variant")
     used = cli("txt2img", "x", "--preset", "broken", "--seed", "1")
     assert used.code == 2 and used.err.count("\n") == 1
     assert used.err.startswith(f"imagegen: error: {presets / 'broken.toml'}: not valid TOML")

@@ -20,6 +20,10 @@ class ResolveContext:
     width: int
     height: int
     presets_with: Callable[[str], list[str]]  # names of this family's presets that have a given table
+    multiple: int = 8  # what the model's sizes must be a multiple of
+    max_side: int | None = None  # the largest side the model takes, where it has one
+    variant: str | None = None  # the preset's pipeline variant for this task ("fill"), if any
+    size_given: bool = False  # --size was given (else the size came from the preset or an init image)
 
 
 class Adapter:
@@ -41,6 +45,10 @@ class Adapter:
     def resolve(self, given: dict, ctx: ResolveContext) -> Any | None:
         """The request's spec for this adapter (every input checked, its record computed), or None if unused."""
         raise NotImplementedError
+
+    def default_size(self, given: dict, multiple: int) -> tuple[int, int] | None:
+        """The output size this part implies when none was given (an init image's), or None."""
+        return None
 
     def adjust(self, spec: Any, merged: dict, top: dict, family) -> list[str]:
         """Settings this adapter changes in the merged request (e.g. CFG it needs), and notes saying so."""
@@ -72,6 +80,10 @@ class Adapter:
     def during_call(self, pipe, spec: Any, family, seeds: list[int]):
         """A context wrapped around the pipeline call."""
         return contextlib.nullcontext()
+
+    def finish(self, spec: Any, images: Any, run) -> Any:
+        """The call's images, finished (composited, or refined by a second pass through `run.again`)."""
+        return images
 
     def extras(self, spec: Any) -> list[tuple[str, Any]]:
         """(label, image) pairs saved beside each image as <name>.<label>.png."""

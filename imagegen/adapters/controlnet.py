@@ -268,8 +268,12 @@ class ControlNet(Adapter):
         if not controls:  # settings without a net: a batch's flags are every line's defaults, plain lines included
             return None
         family = ctx.family
-        if family.controlnet_class is None or family.pipeline_class(ctx.task, self.variant) is None:
+        if family.controlnet_class is None:
             raise UsageError(f"--control: {family.name} models have no ControlNet support in diffusers")
+        if family.pipeline_class(ctx.task, self.variant) is None:
+            able = [t for (t, v) in family.pipelines if v == self.variant]
+            raise UsageError(f"--control: diffusers has no {family.label} ControlNet pipeline for {ctx.task} (it has "
+                             f"one for {', '.join(able)})")
         count = len(controls)
         scales = _per_net(given.get("control_scale"), count, 1.0, "--control-scale")
         starts = _per_net(given.get("control_start"), count, 0.0, "--control-start")

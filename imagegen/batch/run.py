@@ -110,8 +110,8 @@ def _resume(plan: BatchPlan, engine: Engine, manifest: ManifestWriter, result: B
 
 
 def _groups(pending: list[PlannedImage]) -> list[list[PlannedImage]]:
-    """Pending images grouped by group key, each in file order: by model, then by the adapters' weights, so each is
-    loaded (or swapped in) as few times as possible."""
+    """Pending images grouped by group key, each in file order: by model, then by mode (its pipeline class), then by
+    the adapters' weights, so each is loaded (or swapped in) as few times as possible."""
     groups: dict[tuple, list[PlannedImage]] = {}
     for item in pending:
         groups.setdefault(item.req.group_key(), []).append(item)
@@ -119,7 +119,7 @@ def _groups(pending: list[PlannedImage]) -> list[list[PlannedImage]]:
     def order(group: list[PlannedImage]) -> tuple:
         req = group[0].req
         weights = tuple(str(adapter.key(spec)) for adapter, spec in reversed(active(req)))
-        return (req.model, weights, group[0].index)
+        return (req.model, req.mode.task, req.pipeline_variant or "", weights, group[0].index)
 
     return sorted(groups.values(), key=order)
 

@@ -34,7 +34,11 @@ def root(
 # One or two runnable examples per command, shown under its --help (added in imagegen.cli once all are registered).
 EXAMPLES = {
     "txt2img": ['imagegen txt2img "a lighthouse at dusk" --preset sdxl -s "DPM++ 2M Karras" --seed 42 -n 4',
-                'imagegen txt2img "a red circle on a blue background" --preset demo   (offline, CPU, seconds)'],
+                'imagegen txt2img "a red circle on a blue background" --preset demo   (offline, CPU, seconds)',
+                'imagegen txt2img "a castle" --preset sdxl --hires 1.5 --hires-strength 0.4   (hires fix)'],
+    "img2img": ['imagegen img2img "the same scene at night" --image photo.png --strength 0.55 --preset sdxl'],
+    "inpaint": ['imagegen inpaint "a red door" --image house.png --mask door-mask.png --preset sdxl',
+                'imagegen inpaint "more beach" --image beach.png --extend 0,0,256,0 --preset flux-dev   (outpaint)'],
     "batch": ["imagegen batch prompts.txt --preset flux-schnell --out runs/catalog   (a rerun resumes)",
               "imagegen batch jobs.jsonl --preset sdxl -n 2 --batch-size auto --json"],
     "compare": ['imagegen compare "a fox" --preset sdxl --schedulers "Euler,UniPC" --steps 10,20,30'],

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from .app import app
-from .options import GENERATION, Debug, Json, Quiet, flags, with_fields
+from .options import GENERATION, Debug, Json, Quiet, flags, mode_fields, with_fields
 
 
 def _progress(quiet: bool):
@@ -41,19 +41,14 @@ def _batch_size(value: str) -> int | None:
         raise UsageError(f"--batch-size: {exc}, or auto") from None
 
 
-_TXT2IMG = {
+_SINGLE = {
     "batch_size": {"help": "Images per pipeline call, or auto (by device and latent size, as batch picks). Results do "
                            "not depend on it. Default: 1", "metavar": "INT|auto"},
 }
 
 
-@app.command()
-@with_fields(GENERATION, **_TXT2IMG)
-def txt2img(
-    prompt: Annotated[str, typer.Argument(metavar="PROMPT", help="What to draw.")],
-    quiet: Quiet = False, json_: Json = False, debug: Debug = False, **fields,
-) -> None:
-    """Generate images from a text prompt (optionally steered by ControlNets and an IP-Adapter)."""
+def _generate(mode: str, prompt: str, quiet: bool, json_: bool, fields: dict) -> None:
+    """The one implementation of txt2img, img2img and inpaint: a request layer, resolved for the mode, then run."""
     from ..generate import run
     from ..resolve import check_companions, resolve
 
@@ -61,7 +56,37 @@ def txt2img(
     auto = size is not None and _batch_size(size) is None
     layer = flags({**fields, "prompt": prompt, "batch_size": None if auto else size})
     check_companions(layer)
-    _emit(run(resolve(layer), progress=_progress(quiet), auto_batch=auto), json_)
+    _emit(run(resolve(layer, mode=mode), progress=_progress(quiet), auto_batch=auto), json_)
+
+
+@app.command()
+@with_fields(mode_fields("txt2img"), **_SINGLE)
+def txt2img(
+    prompt: Annotated[str, typer.Argument(metavar="PROMPT", help="What to draw.")],
+    quiet: Quiet = False, json_: Json = False, debug: Debug = False, **fields,
+) -> None:
+    """Generate images from a text prompt (optionally steered by ControlNets and an IP-Adapter, refined by --hires)."""
+    _generate("txt2img", prompt, quiet, json_, fields)
+
+
+@app.command()
+@with_fields(mode_fields("img2img"), **_SINGLE)
+def img2img(
+    prompt: Annotated[str, typer.Argument(metavar="PROMPT", help="What the picture should become.")],
+    quiet: Quiet = False, json_: Json = False, debug: Debug = False, **fields,
+) -> None:
+    """Redraw an init image (--image) toward a prompt; --strength says how far it may go."""
+    _generate("img2img", prompt, quiet, json_, fields)
+
+
+@app.command()
+@with_fields(mode_fields("inpaint"), **_SINGLE)
+def inpaint(
+    prompt: Annotated[str, typer.Argument(metavar="PROMPT", help="What to paint in the masked area.")],
+    quiet: Quiet = False, json_: Json = False, debug: Debug = False, **fields,
+) -> None:
+    """Repaint the white area of --mask in --image, or outpaint with --extend; the rest keeps its pixels."""
+    _generate("inpaint", prompt, quiet, json_, fields)
 
 
 _BATCH = {
@@ -149,9 +174,9 @@ def _batch_summary(result) -> None:
         console.print(f"[red]failed[/] line {failure['line']}: {failure['error']}", highlight=False, markup=False)
 
 
-# The axes replace --scheduler, --steps and --cfg; every cell is one image, named by its axis values.
-COMPARED = tuple(name for name in GENERATION
-                 if name not in ("scheduler", "steps", "cfg", "n", "batch_size", "name"))
+# The axes replace --scheduler, --steps, --cfg and --strength; every cell is one image, named by its axis values.
+AXIS_FIELDS = ("scheduler", "steps", "cfg", "strength")
+COMPARED = tuple(name for name in GENERATION if name not in (*AXIS_FIELDS, "n", "batch_size", "name"))
 
 
 @app.command()
@@ -161,19 +186,21 @@ def compare(
     schedulers: Annotated[Optional[str], typer.Option("--schedulers", metavar="TEXT", help="Scheduler axis: comma-separated names, e.g. 'Euler,DPM++ 2M Karras,UniPC'.")] = None,
     steps: Annotated[Optional[str], typer.Option("--steps", metavar="TEXT", help="Step axis: 8,15,30 or a range 10-50:10.")] = None,
     cfg: Annotated[Optional[str], typer.Option("--cfg", metavar="TEXT", help="CFG axis: 3,5,7 or a range 2-8:2.")] = None,
+    strengths: Annotated[Optional[str], typer.Option("--strengths", metavar="TEXT", help="Denoising strength axis (with --image): 0.3,0.5,0.7 or a range 0.2-0.8:0.2.")] = None,
     seeds: Annotated[Optional[str], typer.Option("--seeds", metavar="TEXT", help="Seed axis: 1,2,3 or a range 1-4.")] = None,
     reference: Annotated[Optional[str], typer.Option("--reference", metavar="SCHEDULER:STEPS", help="The cell every other is measured against; one not on the grid is computed as an extra image. Default: the same scheduler at the largest step count.")] = None,
     tolerance: Annotated[float, typer.Option("--tolerance", metavar="FLOAT", help="Mean absolute pixel difference (0-255) from the reference still counted as converged.")] = 2.0,
     max_images: Annotated[Optional[int], typer.Option("--max-images", metavar="N", help="Refuse a comparison of more than N images (counted from the axes before anything runs). Default: 1000.")] = None,
     quiet: Quiet = False, json_: Json = False, debug: Debug = False, **fields,
 ) -> None:
-    """Compare schedulers, step counts, CFG scales and seeds on one prompt: a labelled grid, a table and an answer."""
+    """Compare schedulers, step counts, CFG scales, strengths and seeds on one prompt: a labelled grid, a table and an
+    answer."""
     from ..compare import plan_compare, run_compare
     from ..resolve import check_companions
 
     layer = flags(fields)
     check_companions(layer)
-    plan = plan_compare(prompt, layer, schedulers=schedulers, steps=steps, cfg=cfg, seeds=seeds,
+    plan = plan_compare(prompt, layer, schedulers=schedulers, steps=steps, cfg=cfg, seeds=seeds, strengths=strengths,
                         reference=reference, tolerance=tolerance, max_images=max_images)
     progress = _batch_progress(quiet)
     for note in plan.notes:
@@ -197,12 +224,14 @@ def _compare_table(result) -> None:
 
     table = Table(title=f"compare {result.out_dir}", box=box.SIMPLE_HEAD)  # no column rules: fits 80 columns
     table.add_column("scheduler", justify="right", min_width=10)  # the one column that wraps at 80 columns
-    for column in ("steps", "cfg", "seed", "evals", "time s", "Δ ref", "PSNR dB"):  # s/step: in results.csv
+    strengths = any(r["strength"] is not None for r in rows(result))
+    for column in ("steps", "cfg", *(["strength"] if strengths else []), "seed", "evals", "time s", "Δ ref", "PSNR dB"):
         table.add_column(column, justify="right", no_wrap=True)  # a number cut to "382794…" would lose its meaning
     for r in rows(result):
         psnr = "" if r["psnr_db"] is None else "∞" if r["psnr_db"] == "inf" else str(r["psnr_db"])
         scheduler = r["scheduler"] + (" (reference)" if r["role"] == "reference" else "")
-        table.add_row(scheduler, str(r["steps"]), f"{r['cfg']:g}", str(r["seed"]), str(r["model_steps"]),
+        table.add_row(scheduler, str(r["steps"]), f"{r['cfg']:g}", *([f"{r['strength']:g}"] if strengths else []),
+                      str(r["seed"]), str(r["model_steps"]),
                       f"{r['wall_s']:.2f}",
                       "" if r["mean_abs_diff"] is None else f"{r['mean_abs_diff']:.2f}", psnr)
     console = Console(stderr=True)

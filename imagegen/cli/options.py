@@ -11,6 +11,7 @@ import typer
 from ..adapters import ADAPTERS
 from ..families import cfg_help_text
 from ..fields import OUTPUT
+from ..modes import get_mode
 from ..request import FIELDS, Request
 
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress or notes on stderr.", rich_help_panel=OUTPUT)]
@@ -19,6 +20,16 @@ Debug = Annotated[bool, typer.Option("--debug", metavar="", help="Show traceback
 
 # What each group of commands takes: every generating field, minus what a command handles its own way.
 GENERATION = tuple(name for name in FIELDS if name != "prompt")
+
+
+def mode_fields(mode: str) -> tuple[str, ...]:
+    """The fields a single-mode command takes: every generating field but those its mode refuses (and, for a part
+    whose first field it refuses, all of that part's)."""
+    refused = set(get_mode(mode).refuses)
+    refused |= {f.name for a in ADAPTERS if a.fields[0].name in refused for f in a.fields}
+    return tuple(name for name in GENERATION if name not in refused)
+
+
 HELP = {"cfg": FIELDS["cfg"].help + " " + cfg_help_text() + "."}
 PRESET_DEFAULT = "Default: the preset's (imagegen presets show NAME)."
 # An adapter's options share one panel named after it: its `panel`, else its class name (IPAdapter -> IP-Adapter).

@@ -19,12 +19,14 @@ from ..request import PARSERS, Request, ResolvedRequest
 from ..resolve import resolve
 from ..schedulers import resolve_scheduler
 
-AXES = ("scheduler", "steps", "cfg", "seed")  # the order varying axes take: rows, columns, then one grid per value
-FLAGS = {"scheduler": "--schedulers", "steps": "--steps", "cfg": "--cfg", "seed": "--seeds"}
+# The order varying axes take: rows, columns, then one grid per value.
+AXES = ("scheduler", "steps", "cfg", "strength", "seed")
+FLAGS = {"scheduler": "--schedulers", "steps": "--steps", "cfg": "--cfg", "strength": "--strengths", "seed": "--seeds"}
 DEFAULT_TOLERANCE = 2.0  # mean absolute pixel difference (0-255) still counted as "the same image"
 DEFAULT_MAX_IMAGES = 1000  # a larger grid needs --max-images: 1000 cells of a 1024px model are hours of work
 MAX_AXIS = 1000
-_PLURAL = {"scheduler": "schedulers", "steps": "step counts", "cfg": "CFG scales", "seed": "seeds"}
+_PLURAL = {"scheduler": "schedulers", "steps": "step counts", "cfg": "CFG scales", "strength": "strengths",
+           "seed": "seeds"}
 _RANGE = re.compile(r"^\s*(-?[\d.]+)\s*-\s*(-?[\d.]+)\s*(?::\s*([\d.]+))?\s*$")
 
 
@@ -62,7 +64,7 @@ def parse_axis(name: str, text: str) -> tuple:
         if span:
             start, step, count = span
             raw = [start + i * step for i in range(count)]
-            if name != "cfg":
+            if name not in ("cfg", "strength"):
                 raw = [int(v) if float(v).is_integer() else v for v in raw]
         for value in raw:
             try:
@@ -113,11 +115,25 @@ def fmt(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def strength_of(req: ResolvedRequest) -> float | None:
+    """A cell's denoising strength (img2img and inpaint), or None for txt2img."""
+    init = req.adapter("init")
+    return init.strength if init is not None else None
+
+
+def key_of(req: ResolvedRequest) -> tuple:
+    """What tells cells apart: scheduler, steps, CFG, strength and seed."""
+    return (req.scheduler.name, req.steps, req.cfg, strength_of(req), req.seed)
+
+
 def plan_compare(prompt: str, flags: Request, *, schedulers: str | None = None, steps: str | None = None,
                  cfg: str | None = None, seeds: str | None = None, reference: str | None = None,
-                 tolerance: float = DEFAULT_TOLERANCE, max_images: int | None = None) -> ComparePlan:
+                 tolerance: float = DEFAULT_TOLERANCE, max_images: int | None = None,
+                 strengths: str | None = None) -> ComparePlan:
     """Resolve every cell (before any model loads); errors name the axis flag and the value."""
-    given = {"scheduler": schedulers, "steps": steps, "cfg": cfg, "seed": seeds}
+    given = {"scheduler": schedulers, "steps": steps, "cfg": cfg, "strength": strengths, "seed": seeds}
+    if strengths is not None and flags.image is None:
+        raise UsageError("--strengths needs --image FILE (a strength is how far img2img or inpaint may move from it)")
     base = resolve(Request(**{**flags.given(), "prompt": prompt, "n": 1, "batch_size": 1,
                               "seed": flags.seed if flags.seed is not None else 0}))
     if not 0 <= tolerance <= 255:
@@ -133,7 +149,7 @@ def plan_compare(prompt: str, flags: Request, *, schedulers: str | None = None, 
         elif given[name] is not None:
             axes[name] = parse_axis(name, given[name])
         else:
-            axes[name] = (getattr(base, name),)
+            axes[name] = (strength_of(base) if name == "strength" else getattr(base, name),)
     if flags.seed is None and given["seed"] is None:
         import secrets
 
@@ -189,7 +205,7 @@ def _request(prompt: str, flags: Request, values: dict) -> ResolvedRequest:
     try:
         return resolve(Request(**{**flags.given(), "prompt": prompt, "n": 1, "batch_size": 1,
                                   "scheduler": values["scheduler"], "steps": values["steps"],
-                                  "cfg": values["cfg"], "seed": 0}))
+                                  "cfg": values["cfg"], "strength": values.get("strength"), "seed": 0}))
     except UsageError as exc:
         raise UsageError(_name_axis(str(exc), values)) from None
 
@@ -199,7 +215,7 @@ def _grid_cells(prompt: str, flags: Request, axes: dict, varying: tuple) -> list
     resolved: dict[tuple, ResolvedRequest] = {}
     for combo in itertools.product(*(axes[n] for n in AXES)):
         values = dict(zip(AXES, combo))
-        key = (values["scheduler"], values["steps"], values["cfg"])
+        key = (values["scheduler"], values["steps"], values["cfg"], values["strength"])
         if key not in resolved:
             resolved[key] = _request(prompt, flags, values)
         req = replace(resolved[key], seed=values["seed"], seed_was_random=False)
@@ -212,10 +228,11 @@ def _grid_cells(prompt: str, flags: Request, axes: dict, varying: tuple) -> list
 def _reference_cells(prompt: str, flags: Request, axes: dict, varying: tuple, ref: tuple[str, int]) -> list[Cell]:
     """The --reference cell for each CFG and seed, when it is not on the grid: extra images, not grid cells."""
     cells = []
-    for cfg_value, seed in itertools.product(axes["cfg"], axes["seed"]):
-        values = {"scheduler": ref[0], "steps": ref[1], "cfg": cfg_value, "seed": seed}
+    for cfg_value, strength, seed in itertools.product(axes["cfg"], axes["strength"], axes["seed"]):
+        values = {"scheduler": ref[0], "steps": ref[1], "cfg": cfg_value, "strength": strength, "seed": seed}
         req = replace(_request(prompt, flags, values), seed=seed, seed_was_random=False)
-        shown = {"scheduler": ref[0], "steps": ref[1], **{n: values[n] for n in ("cfg", "seed") if n in varying}}
+        shown = {"scheduler": ref[0], "steps": ref[1],
+                 **{n: values[n] for n in ("cfg", "strength", "seed") if n in varying}}
         cells.append(Cell(req=req, values=shown, page=-1, row=-1, col=-1, extra=True))
     return cells
 
@@ -227,6 +244,8 @@ def _name_axis(message: str, values: dict) -> str:
         return f"--steps {values['steps']}" + message[len("--steps"):]
     if message.startswith("--cfg"):
         return "--cfg" + message[len("--cfg"):]
+    if message.startswith("--strength:"):
+        return "--strengths" + message[len("--strength"):]
     return message
 
 

@@ -130,7 +130,7 @@ def _run_cell(session: Session, cell: Cell, embeddings: dict, progress, result: 
         batch={"image": len(result.cells), "n": total, "batch_size": 1, "position": 0, "compare": dict(cell.values)},
     )
     cell_result = CellResult(cell=cell, wall_s=wall, denoise_s=call.timings["denoise_s"],
-                             model_steps=max(steps_seen or [req.steps]), pixels=np.asarray(image.convert("RGB")))
+                             model_steps=len(steps_seen) or req.steps, pixels=np.asarray(image.convert("RGB")))
     return image, record, cell_result
 
 
@@ -154,5 +154,5 @@ class _StepCounter:
         self._progress, self._seen = progress, seen
 
     def step(self, step: int, steps: int) -> None:
-        self._seen.append(steps)
+        self._seen.append(steps)  # one a denoiser evaluation: img2img runs only the last `strength` of them
         self._progress.step(step, steps)

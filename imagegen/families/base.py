@@ -26,6 +26,7 @@ class Family:
     pipeline_multiple: int = 1  # what the diffusers pipeline itself insists on, whatever the configs say
     denoiser: str = "unet"  # the pipeline component that runs every step (what --compile compiles)
     default_preset: str = ""  # the preset whose defaults a bare --model of this family takes
+    class_presets: dict[str, str] = {}  # model_index.json class -> the preset for it, where not default_preset
     cfg_help: str = CLASSIC_CFG
     load_kwargs: dict[str, Any] = {}  # extra from_pretrained arguments (components to leave out)
     distilled_guidance: bool = False  # takes --guidance (a distilled guidance embedding)
@@ -51,8 +52,9 @@ class Family:
         return self.pipelines.get((task, variant))
 
     def declared_by(self) -> set[str]:
-        """The model_index.json `_class_name`s that mark a model folder as this family's."""
-        return {cls for (_, variant), cls in self.pipelines.items() if variant is None}
+        """The model_index.json `_class_name`s that mark a model folder as this family's (a folder saved from any of
+        its pipelines: FLUX.1-Fill-dev declares FluxFillPipeline)."""
+        return set(self.pipelines.values())
 
     # ---- sizes
 
@@ -81,6 +83,10 @@ class Family:
         # empty and non-empty negatives apart so this holds for every image of a micro-batch.
         return {"guidance_scale": cfg, "negative_prompt": negatives if any(negatives) else None}
 
+    def cfg_problem(self, pipeline_class: str | None, cfg: float) -> str | None:
+        """Why this --cfg cannot run in that pipeline class (one line), or None."""
+        return None
+
     def cfg_notes(self, cfg: float, negative: str) -> list[str]:
         """What the user should be told about this --cfg on this family."""
         return []
@@ -100,6 +106,12 @@ class Family:
     def embeddings_for(self, embeddings: dict, cfg: float) -> dict:
         """The encoded prompt as one call at this --cfg takes it."""
         return embeddings
+
+    # ---- latents
+
+    def unpacked_latents(self, pipe, latents, width: int, height: int):
+        """A pipeline's output_type='latent' result as (batch, channels, height, width) latents."""
+        return latents
 
     # ---- schedulers
 

@@ -18,11 +18,13 @@ class Flux(Family):
         ("text2image", "controlnet"): "FluxControlNetPipeline",
         ("image2image", "controlnet"): "FluxControlNetImg2ImgPipeline",
         ("inpaint", "controlnet"): "FluxControlNetInpaintPipeline",
+        ("inpaint", "fill"): "FluxFillPipeline",  # FLUX.1-Fill-dev's own pipeline: a preset names it (flux-fill)
     }
     flow = True
     default_multiple = 16
     denoiser = "transformer"
     default_preset = "flux-schnell"
+    class_presets = {"FluxFillPipeline": "flux-fill"}
     cfg_help = ("Flux is guidance-distilled: 1 (the default) is off; > 1 turns on true CFG "
                 "(true_cfg_scale, with the negative prompt; a second transformer pass per step, about 2x cost). "
                 "Flux-dev's distilled guidance embedding is --guidance")
@@ -41,9 +43,26 @@ class Flux(Family):
         return bool(config.get("guidance_embeds")) if config else None
 
     def guidance_arguments(self, cfg: float, guidance: float | None, negatives: list[str]) -> dict:
-        # Flux's guidance_scale is a distilled embedding (ignored by schnell); real CFG is true_cfg_scale.
-        return {"true_cfg_scale": cfg, "negative_prompt": negatives if cfg > 1 else None,
-                "guidance_scale": guidance if guidance is not None else 3.5}
+        # Flux's guidance_scale is a distilled embedding (ignored by schnell); real CFG is true_cfg_scale, passed
+        # only when on, as some Flux pipelines (Fill, the ControlNet img2img and inpaint ones) have none.
+        kwargs = {"guidance_scale": guidance if guidance is not None else 3.5}
+        if cfg > 1:
+            kwargs.update(true_cfg_scale=cfg, negative_prompt=negatives)
+        return kwargs
+
+    def cfg_problem(self, pipeline_class: str | None, cfg: float) -> str | None:
+        if cfg <= 1 or pipeline_class is None:
+            return None
+        import inspect
+
+        import diffusers  # only for a --cfg above 1: the class's own signature says whether it has true CFG
+
+        if "true_cfg_scale" in inspect.signature(getattr(diffusers, pipeline_class).__call__).parameters:
+            return None
+        return f"--cfg {cfg:g}: {pipeline_class} has no true CFG; use --cfg 1 (its guidance is --guidance)"
+
+    def unpacked_latents(self, pipe, latents, width: int, height: int):
+        return pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)  # Flux packs 2x2 patches
 
     def cfg_notes(self, cfg: float, negative: str) -> list[str]:
         if cfg <= 1:

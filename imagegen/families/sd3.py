@@ -15,8 +15,9 @@ class SD3(Family):
         ("text2image", None): "StableDiffusion3Pipeline",
         ("image2image", None): "StableDiffusion3Img2ImgPipeline",
         ("inpaint", None): "StableDiffusion3InpaintPipeline",
+        # StableDiffusion3ControlNetInpaintingPipeline is not a ControlNet for inpaint: its net (Alimama's) takes the
+        # image and mask as its map, so --control has no SD3 pipeline in img2img or inpaint.
         ("text2image", "controlnet"): "StableDiffusion3ControlNetPipeline",
-        ("inpaint", "controlnet"): "StableDiffusion3ControlNetInpaintingPipeline",
     }
     flow = True
     default_multiple = 16
