@@ -10,7 +10,7 @@ from typing import Any
 from .output import check_inside, check_out_dir, next_index, pixels_sha256
 from .progress import NullProgress, Progress
 from .request import Request, ResolvedRequest
-from .resolve import resolve
+from .resolve import check_companions, resolve
 from .session import Session, write
 
 
@@ -67,8 +67,10 @@ class GenerationResult:
 
 def generate(prompt: str | None = None, *, progress: Progress | None = None, save: bool = True,
              **fields: Any) -> GenerationResult:
-    """Generate images: `imagegen.generate("a fox", preset="sdxl", seed=1, n=2)`; fields as in the CLI flags."""
+    """Generate images: `imagegen.generate("a fox", preset="sdxl", seed=1, n=2)`, or with `image=`, `mask=`,
+    `strength=`, `hires=` (img2img, inpaint, hires fix); fields as in the CLI flags."""
     flags = Request.from_mapping({"prompt": prompt, **fields}, where="generate()")
+    check_companions(flags)  # strength= without image= would be ignored: refused, as on the command line
     return run(resolve(flags), progress=progress, save=save)
 
 

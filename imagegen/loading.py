@@ -100,6 +100,17 @@ def make_invariant(pipe, device: str) -> None:
         make_batch_invariant(pipe)
 
 
+def pipeline_parameters(class_name: str) -> set[str]:
+    """The call arguments a diffusers pipeline class takes, read from its signature (no weights; diffusers imported
+    quietly, for the rare setting only some pipelines have)."""
+    import inspect
+
+    quiet_libraries()
+    import diffusers
+
+    return set(inspect.signature(getattr(diffusers, class_name).__call__).parameters)
+
+
 def quiet_libraries() -> None:
     """Silence diffusers' and transformers' own bars and log lines, errors included: imagegen turns their exceptions
     into its one-line errors, and a logged error before that would be a second line."""

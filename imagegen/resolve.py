@@ -9,6 +9,7 @@ from .adapters import ADAPTERS, ResolveContext
 from .errors import RunError, UsageError
 from .families import FAMILIES
 from .hub import not_cached_message
+from .loading import pipeline_parameters
 from .models import canonical_model, inspect_model
 from .modes import mode_for
 from .output import check_template
@@ -108,6 +109,13 @@ def _check_pipeline(family, mode, variant, adapters, cfg: float, preset) -> None
     problem = family.cfg_problem(cls, cfg)
     if problem:
         raise UsageError(problem)
+    by_name = {a.name: a for a in ADAPTERS}
+    rare = {arg: why for name, spec in adapters for arg, why in by_name[name].rare_arguments(spec).items()}
+    if rare:
+        takes = pipeline_parameters(cls)  # imports diffusers: only for a setting some pipelines lack
+        for arg, why in rare.items():
+            if arg not in takes:
+                raise UsageError(f"{why}: {cls} has no {arg}; leave it out")
 
 
 def _check_guidance(merged: dict, top: dict, info, family, notes: list[str]) -> None:

@@ -77,6 +77,11 @@ class Adapter:
         """Its pipeline call arguments."""
         return {}
 
+    def rare_arguments(self, spec: Any) -> dict[str, str]:
+        """Call arguments not every pipeline of a task takes -> the setting that asks for it (checked against the
+        pipeline class before loading)."""
+        return {}
+
     def during_call(self, pipe, spec: Any, family, seeds: list[int]):
         """A context wrapped around the pipeline call."""
         return contextlib.nullcontext()

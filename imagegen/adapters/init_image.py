@@ -198,6 +198,9 @@ class InitImage(Adapter):
                 kwargs["padding_mask_crop"] = MASKED_PADDING
         return kwargs
 
+    def rare_arguments(self, spec: InitSpec) -> dict[str, str]:
+        return {"padding_mask_crop": "--inpaint-area masked"} if spec.area == "masked" and spec.mask else {}
+
     def finish(self, spec: InitSpec, images: list, run) -> list:
         """Inpaint: every unmasked pixel back to the input's own (diffusers' apply_overlay, with the mask clipped to
         itself so the blur softens the seam only inside it)."""

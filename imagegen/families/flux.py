@@ -53,11 +53,9 @@ class Flux(Family):
     def cfg_problem(self, pipeline_class: str | None, cfg: float) -> str | None:
         if cfg <= 1 or pipeline_class is None:
             return None
-        import inspect
+        from ..loading import pipeline_parameters  # only for a --cfg above 1: the class's signature says
 
-        import diffusers  # only for a --cfg above 1: the class's own signature says whether it has true CFG
-
-        if "true_cfg_scale" in inspect.signature(getattr(diffusers, pipeline_class).__call__).parameters:
+        if "true_cfg_scale" in pipeline_parameters(pipeline_class):
             return None
         return f"--cfg {cfg:g}: {pipeline_class} has no true CFG; use --cfg 1 (its guidance is --guidance)"
 
