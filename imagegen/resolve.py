@@ -65,7 +65,7 @@ def resolve(flags: Request, replay: Request | None = None, line: Request | None 
     scheduler = resolve_scheduler(merged["scheduler"], family, steps=merged["steps"])
     preset.check_scheduler(scheduler)
     check_template(merged["name"])
-    width, height, multiple = _size(_wanted_size(merged, top, info, family), info, family)
+    width, height, multiple = _size(*_wanted_size(merged, top, info, family), info, family)
     adapters, notes = _adapters(merged, top, ResolveContext(
         preset=preset, family=family, task=run_mode.task, width=width, height=height, presets_with=_presets_with(family),
         multiple=multiple, max_side=info.max_side, variant=variant, size_given="size" in top))
@@ -88,15 +88,16 @@ def resolve(flags: Request, replay: Request | None = None, line: Request | None 
     )
 
 
-def _wanted_size(merged: dict, top: dict, info, family) -> tuple[int, int]:
-    """--size when given; else the size an init image implies (its own, rounded); else the preset's."""
+def _wanted_size(merged: dict, top: dict, info, family) -> tuple[tuple[int, int], str]:
+    """(size, where it came from): --size when given; else the size an init image implies (its own, rounded); else
+    the preset's."""
     if "size" not in top:
         multiple = info.multiple or family.default_multiple
         for adapter in ADAPTERS:
             implied = adapter.default_size(merged, multiple)
             if implied is not None:
-                return implied
-    return merged["size"]
+                return implied, f"--image {merged['image']}"
+    return merged["size"], "--size"
 
 
 def _check_pipeline(family, mode, variant, adapters, cfg: float, preset) -> None:
@@ -162,10 +163,13 @@ def _family_preset(family, model: str, pipeline_class: str | None = None):
         raise UsageError(f"--model {model}: no default preset for family {family.name!r} ({exc})") from None
 
 
-def _size(size: tuple[int, int], info, family) -> tuple[int, int, int]:
+def _size(size: tuple[int, int], source: str, info, family) -> tuple[int, int, int]:
     """(width, height, multiple), checked against what the model's configs and the family's pipeline allow."""
     width, height = size
     if info.max_side and max(width, height) > info.max_side:
+        if source != "--size":
+            raise UsageError(f"{source}: the output would take its size, {width}x{height}, over this model's "
+                             f"{info.max_side} px a side; pass a smaller --size")
         raise UsageError(
             f"--size {width}x{height}: this model's positional embedding allows at most {info.max_side} px a side"
         )
