@@ -255,7 +255,7 @@ def _tiny_flux(seed: int, dynamic_shifting: bool = False, guidance_embeds: bool 
         patch_size=1,
         # 2x2 latent packing; Fill adds the masked image's latents and the mask (8x8 pixels a latent), packed alike
         in_channels=4 * latent_channels + (4 * latent_channels + 4 * 64 if fill else 0),
-        out_channels=4 * latent_channels,
+        **({"out_channels": 4 * latent_channels} if fill else {}),
         num_layers=1,
         num_single_layers=2,
         attention_head_dim=16,
