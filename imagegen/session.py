@@ -181,7 +181,7 @@ def call_arguments(reqs: list, embeddings: dict | None = None) -> dict:
     first = reqs[0]
     kwargs = first.mode.call_arguments(reqs)
     for adapter, spec in active(first):
-        kwargs.update(adapter.call_arguments(spec, first.family, first.mode.task))
+        kwargs.update(adapter.call_arguments(spec, first.family, first.mode.task, len(reqs)))
     kwargs.update(first.family.guidance_arguments(first.cfg, first.guidance, [r.negative for r in reqs]))
     if embeddings is not None:
         kwargs.pop("prompt")

@@ -73,8 +73,8 @@ class Adapter:
         """Modules the variant pipeline is built with (from_pipe)."""
         return {}
 
-    def call_arguments(self, spec: Any, family, task: str) -> dict:
-        """Its pipeline call arguments."""
+    def call_arguments(self, spec: Any, family, task: str, count: int = 1) -> dict:
+        """Its pipeline call arguments, for a micro-batch of `count` images."""
         return {}
 
     def rare_arguments(self, spec: Any) -> dict[str, str]:

@@ -320,7 +320,7 @@ class ControlNet(Adapter):
         nets = [_load_net(loaded, *unit.net_key()) for unit in spec.units]
         return {"controlnet": nets[0] if len(nets) == 1 else nets}
 
-    def call_arguments(self, spec: Controls, family, task: str) -> dict:
+    def call_arguments(self, spec: Controls, family, task: str, count: int = 1) -> dict:
         maps, units = spec.maps(), spec.units
         one = len(units) == 1
         return {

@@ -9,7 +9,7 @@ from typing import Any
 from ..errors import UsageError
 from ..fields import Field, choice, integer, number
 from .base import Adapter, ResolveContext
-from .init_image import parse_strength
+from .init_image import check_steps, parse_strength
 
 UPSCALERS = {"latent": "Latent", "lanczos": "Lanczos"}  # --hires-upscaler -> A1111's name
 DEFAULT_STRENGTH = 0.5
@@ -64,11 +64,12 @@ class Hires(Adapter):
         spec = HiresSpec(scale=scale, upscaler=given.get("hires_upscaler") or "latent",
                          strength=given.get("hires_strength") or DEFAULT_STRENGTH,
                          steps=given.get("hires_steps") or given["steps"], width=width, height=height)
+        check_steps(spec.steps, spec.strength, ("--hires-strength", "--hires-steps" if given.get("hires_steps") else "--steps"))
         spec.record.update(scale=spec.scale, upscaler=spec.upscaler, strength=spec.strength, steps=spec.steps,
                            width=width, height=height)
         return spec
 
-    def call_arguments(self, spec: HiresSpec, family, task: str) -> dict:
+    def call_arguments(self, spec: HiresSpec, family, task: str, count: int = 1) -> dict:
         return {"output_type": "latent"} if spec.upscaler == "latent" else {}
 
     def finish(self, spec: HiresSpec, images: Any, run) -> list:

@@ -5,6 +5,7 @@ prompt-file lines, hashes, portable paths and `reproduce` treat it as they treat
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -122,6 +123,14 @@ def _prepared(spec: InitSpec) -> tuple:
     return image, canvas.blurred(mask, spec.blur), canvas.overlay_mask(mask, spec.blur)
 
 
+def check_steps(steps: int, strength: float, flags: tuple[str, str]) -> None:
+    """diffusers runs int(steps x strength) steps of an img2img or inpaint pass: refuse one that would run none."""
+    if int(steps * strength) < 1:
+        strength_flag, steps_flag = flags
+        raise UsageError(f"{strength_flag} {strength:g} with {steps_flag} {steps} runs no step (about steps x strength "
+                         f"run); raise {steps_flag} to at least {math.ceil(1 / strength)} or {strength_flag}")
+
+
 def _mask_checked(path: str, label: str) -> InputImage:
     """The mask, refused when it asks for nothing (all black) or for everything (all white: that is img2img)."""
     mask = check_image(path, label=label)
@@ -174,10 +183,12 @@ class InitImage(Adapter):
             fill=given.get("extend_fill") or "edge", area=given.get("inpaint_area") or "whole",
             width=ctx.width, height=ctx.height, size_from="--size" if ctx.size_given else "image",
         )
+        check_steps(given["steps"], spec.strength, ("--strength", "--steps"))
         init, mask_image, _ = spec.prepared()
         if mask_image is not None and mask_image.getextrema()[1] == 0:
-            raise UsageError(f"--mask {given['mask']}: after --resize {spec.resize} to {ctx.width}x{ctx.height} the "
-                             f"mask covers nothing; use --resize fit or stretch, or a mask inside the kept area")
+            what = f"--mask {given['mask']}" if given.get("mask") else f"--extend {','.join(map(str, extend))}"
+            raise UsageError(f"{what}: after --resize {spec.resize} to {ctx.width}x{ctx.height} nothing is left to "
+                             f"repaint; use --resize fit or stretch, or a larger --size")
         spec.record.update(_record(spec, init, mask_image))
         return spec
 
@@ -189,11 +200,13 @@ class InitImage(Adapter):
         return [f"{', '.join(ignored)} ignored: {'it applies' if len(ignored) == 1 else 'they apply'} to "
                 f"{'--extend' if ignored == ['--extend-fill'] else 'inpaint'} only"] if ignored else []
 
-    def call_arguments(self, spec: InitSpec, family, task: str) -> dict:
+    def call_arguments(self, spec: InitSpec, family, task: str, count: int = 1) -> dict:
         init, mask, _ = spec.prepared()
-        kwargs = {"image": init, "strength": spec.strength}
+        # One copy per image: given a single image, diffusers VAE-samples it once with the first image's generator
+        # (and SD3 fails), so an image would depend on its micro-batch; per image, each draws with its own.
+        kwargs = {"image": [init] * count, "strength": spec.strength}
         if mask is not None:
-            kwargs["mask_image"] = mask
+            kwargs["mask_image"] = [mask] * count
             if spec.area == "masked":
                 kwargs["padding_mask_crop"] = MASKED_PADDING
         return kwargs

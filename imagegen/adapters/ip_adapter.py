@@ -249,7 +249,7 @@ class IPAdapter(Adapter):
     def remove(self, pipe, loaded) -> None:
         pipe.unload_ip_adapter()
 
-    def call_arguments(self, spec: IPAdapterSpec, family, task: str) -> dict:
+    def call_arguments(self, spec: IPAdapterSpec, family, task: str, count: int = 1) -> dict:
         """The reference images (several images of one adapter are nested in one list)."""
         images = [load_rgb(i) for i in spec.images]
         return {"ip_adapter_image": images[0] if len(images) == 1 else [images]}
