@@ -2,6 +2,7 @@
 
     python -m imagegen.demo.evaluate                       # the full grid at the preset's defaults, CFG on and off
     python -m imagegen.demo.evaluate --schedulers all      # every SDXL scheduler at its recommended step count
+    python -m imagegen.demo.evaluate --model /tmp/demo-ft  # judge a retrained demo model (a folder) instead
 
 Everything goes through ``imagegen.generate`` (the same code path as the CLI), with one fixed seed per prompt, so
 the numbers are reproducible.
@@ -87,8 +88,10 @@ def score(
     return result
 
 
-def scheduler_sweep(descriptions: list[world.Description], names: list[str] | None = None) -> list[Score]:
-    """Every scheduler of the demo preset (or ``names``) at its recommended step count."""
+def scheduler_sweep(
+    descriptions: list[world.Description], names: list[str] | None = None, **fields: Any
+) -> list[Score]:
+    """Every scheduler of the demo preset (or ``names``) at its recommended step count; ``fields`` go to score()."""
     from ..presets import load_preset
     from ..schedulers import resolve_scheduler
 
@@ -97,7 +100,8 @@ def scheduler_sweep(descriptions: list[world.Description], names: list[str] | No
     for name in names or list(preset.schedulers):
         choice = resolve_scheduler(name, "sdxl", where="--scheduler")
         steps = choice.sampler.steps
-        scores.append(score(descriptions, label=f"{choice.name} ({steps} steps)", scheduler=name, steps=steps))
+        scores.append(score(descriptions, label=f"{choice.name} ({steps} steps)", scheduler=name, steps=steps,
+                            **fields))
     return scores
 
 
@@ -117,14 +121,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--schedulers", default=None, help="'all' or a comma-separated list: run the scheduler sweep")
     p.add_argument("--subset", type=int, default=0, help="use every N-th grid prompt (0: the full grid)")
     p.add_argument("--misses", action="store_true", help="list the prompts judged wrong")
+    p.add_argument("--model", default=None, metavar="FOLDER", help="a demo model folder to judge (default: builtin)")
     args = p.parse_args(argv)
+    fields = {"model": args.model} if args.model else {}
 
     prompts = subset(args.subset) if args.subset else world.grid()
     if args.schedulers:
         names = None if args.schedulers == "all" else [s.strip() for s in args.schedulers.split(",")]
-        scores = scheduler_sweep(prompts, names)
+        scores = scheduler_sweep(prompts, names, **fields)
     else:
-        scores = [score(prompts, label="preset defaults"), score(prompts, label="CFG 1 (guidance off)", cfg=1.0)]
+        scores = [score(prompts, label="preset defaults", **fields),
+                  score(prompts, label="CFG 1 (guidance off)", cfg=1.0, **fields)]
     print(_table(scores))
     if args.misses:
         for s in scores:
