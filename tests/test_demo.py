@@ -220,3 +220,51 @@ def test_training_runs_and_its_loss_falls(tmp_path):
         assert np.mean(curve[-10:]) < 0.8 * np.mean(curve[:10]), (stage, curve)
     assert (tmp_path / "m" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     assert (tmp_path / "m" / "manifest.json").is_file()
+
+
+# ---- image-conditioned modes mean something on the demo model (figures: benchmarks/modes_demo.py, README)
+
+
+@pytest.fixture(scope="module")
+def red_circle(tmp_path_factory):
+    from PIL import Image, ImageDraw
+
+    folder = tmp_path_factory.mktemp("modes")
+    image = Image.new("RGB", (64, 64), world.PALETTE["blue"])
+    ImageDraw.Draw(image).ellipse((16, 16, 47, 47), fill=world.PALETTE["red"])
+    image.save(folder / "red-circle.png")
+    mask = Image.new("L", (64, 64), 0)
+    ImageDraw.Draw(mask).rectangle((0, 0, 31, 63), fill=255)
+    mask.save(folder / "left-half.png")
+    return folder
+
+
+@pytest.mark.slow
+def test_img2img_strength_decides_between_the_image_and_the_prompt(red_circle):
+    import imagegen
+    from imagegen.demo.analyzer import analyze
+
+    def colours(strength: float) -> list[str]:
+        result = imagegen.generate("a green circle on a blue background", preset="demo", seed=0, n=6, batch_size=6,
+                                   image=str(red_circle / "red-circle.png"), strength=strength, save=False)
+        return [analyze(i.image).colour for i in result.images]
+
+    assert colours(0.8).count("green") >= 5  # measured: 20/20 seeds
+    assert colours(0.2).count("red") >= 5  # measured: 20/20 seeds
+
+
+@pytest.mark.slow
+def test_inpaint_of_the_left_half_keeps_the_right_half(red_circle):
+    import numpy as np
+    from PIL import Image
+
+    import imagegen
+
+    result = imagegen.generate("a green circle on a blue background", preset="demo", seed=0, n=3, batch_size=3,
+                               image=str(red_circle / "red-circle.png"), mask=str(red_circle / "left-half.png"),
+                               save=False)
+    source = np.asarray(Image.open(red_circle / "red-circle.png").convert("RGB"))
+    for image in result.images:
+        out = np.asarray(image.image)
+        assert np.array_equal(out[:, 32:], source[:, 32:])
+        assert np.abs(out[:, :32].astype(int) - source[:, :32]).mean() > 5  # the left half was repainted
