@@ -649,3 +649,16 @@ def test_reproduce_refuses_a_changed_init_image_or_mask(cli, models, pics, tmp_p
     line = one_error_line(cli("reproduce", png, "--verify", "-q"))
     assert "mask.png" in line and "no such file" in line
     assert sha256(png) == sha256(tmp_path / "keep.png")
+
+
+@slow
+@pytest.mark.parametrize("upscaler", ["latent", "lanczos"])
+def test_hires_images_do_not_depend_on_the_batch_size(cli, models, tmp_path, upscaler):
+    hashes = []
+    for size in ("1", "3"):
+        result = cli("txt2img", "a harbour", "--model", models["sdxl"], "--size", "32x32", "--steps", "3",
+                     "--hires", "1.5", "--hires-upscaler", upscaler, "-n", "3", "--batch-size", size, "--seed", "7",
+                     "--out", tmp_path / size, "--json", "-q")
+        assert result.code == 0, result.err
+        hashes.append([i["pixels_sha256"] for i in json.loads(result.out)["images"]])
+    assert hashes[0] == hashes[1]
