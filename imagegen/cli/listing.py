@@ -53,6 +53,7 @@ def presets_show(name: Annotated[str, typer.Argument(metavar="NAME", help="Prese
 
 
 def _preset_json(p) -> dict:
+    from ..modes import MODES
     from ..schedulers import SAMPLERS
 
     d = p.defaults.given()
@@ -60,7 +61,9 @@ def _preset_json(p) -> dict:
     return {
         "name": p.name, "family": p.family.name, "model": p.model, "revision": p.revision, "variant": p.variant,
         "dtype": p.dtype, "description": p.description, "defaults": d,
-        "schedulers": [SAMPLERS[s].a1111 for s in p.schedulers], "source": str(p.source),
+        "schedulers": [SAMPLERS[s].a1111 for s in p.schedulers],
+        "modes": {m.name: p.family.pipeline_class(m.task, p.pipelines.get(m.name)) for m in MODES.values() if p.can(m)},
+        "source": str(p.source),
         **p.tables,  # [controlnet], [ip_adapter]: the adapters' defaults
     }
 
