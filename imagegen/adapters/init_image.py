@@ -65,13 +65,13 @@ FIELDS = (
     Field("strength", parse_strength, (int, float), "Denoising strength in (0, 1]: how far from the init image the "
           "picture may go. Default: 0.75 for img2img, 1 for inpaint.", metavar="FLOAT", preset=True),
     Field("resize", choice({k: k for k in canvas.RESIZE_MODES}, "crop, fit or stretch"), (str,),
-          "How the init image (and its mask) meet --size: " + "; ".join(f"{k}: {v}" for k, v in
-                                                                          canvas.RESIZE_MODES.items())
-          + ". Default: crop"),
+          "How the init image (and its mask) meet --size: "
+          + "; ".join(f"{k}: {v}" for k, v in canvas.RESIZE_MODES.items()) + ". Default: crop"),
     Field("mask_blur", integer(0, 256), (int,), f"Blur the mask edge by this many pixels, as A1111 does (default "
           f"{DEFAULT_BLUR}); the pixels outside the mask stay the input's own.", metavar="PX", preset=True),
     Field("extend", parse_extend, (str, list), "Outpaint: grow the canvas by LEFT,TOP,RIGHT,BOTTOM pixels "
-          "(rounded up to the model's multiple); the new area is filled and repainted, the original pixels stay.", metavar="L,T,R,B", json_words='"L,T,R,B" or [l, t, r, b]', items=(int,)),
+          "(rounded up to the model's multiple); the new area is filled and repainted, the original pixels stay.",
+          metavar="L,T,R,B", json_words='"L,T,R,B" or [l, t, r, b]', items=(int,)),
     Field("extend_fill", choice({k: k for k in canvas.FILLS}, "edge or noise"), (str,),
           "What the grown area starts as: " + "; ".join(f"{k}: {v}" for k, v in canvas.FILLS.items())
           + ". Default: edge"),
