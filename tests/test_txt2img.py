@@ -53,7 +53,8 @@ def test_txt2img_each_family_and_scheduler(cli, tiny_models, tmp_path, family, s
     assert sidecar["scheduler"]["class"] == EXPECTED_CLASS[scheduler]
     assert sidecar["model"]["family"] == family and sidecar["model"]["id"] == tiny_models[family].name  # portable
     assert sidecar["model"]["local"] is True and len(sidecar["model"]["sha256"]) == 64
-    assert sidecar["runtime"] == {"dtype": "float32", "device": "cpu", "rng": "cpu"}
+    assert sidecar["runtime"] == {"dtype": "float32", "device": "cpu", "rng": "cpu",
+                                  "pipeline_class": sidecar["model"]["pipeline_class"]}
     assert set(sidecar["timings"]) == {"load_s", "denoise_s", "decode_s", "save_s"}
     assert {"diffusers", "torch", "transformers", "imagegen"} <= set(sidecar["versions"])
     import hashlib
