@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 
+from .inputs import fit
+
 RESIZE_MODES = {
     "crop": "scale to cover the output size, then centre-crop (A1111's 'Crop and resize'): no distortion",
     "fit": "scale to fit inside, then fill the margins from the edge pixels (A1111's 'Resize and fill')",
@@ -73,17 +75,11 @@ def resize(image, width: int, height: int, how: str, *, is_mask: bool = False):
         return image
     if how == "stretch":
         return image.resize((width, height), Image.Resampling.LANCZOS)
-    cover = how == "crop"
-    scale = (max if cover else min)(width / image.width, height / image.height)
-    w, h = max(1, round(image.width * scale)), max(1, round(image.height * scale))
-    if cover:
-        w, h = max(width, w), max(height, h)
-    else:
-        w, h = min(width, w), min(height, h)
+    if how == "crop":
+        return fit(image, width, height)  # the control maps' 'Crop and resize'
+    scale = min(width / image.width, height / image.height)
+    w, h = min(width, max(1, round(image.width * scale))), min(height, max(1, round(image.height * scale)))
     scaled = image.resize((w, h), Image.Resampling.LANCZOS)
-    if cover:
-        left, top = (w - width) // 2, (h - height) // 2
-        return scaled.crop((left, top, left + width, top + height))
     import numpy as np
 
     left, top = (width - w) // 2, (height - h) // 2
@@ -91,11 +87,6 @@ def resize(image, width: int, height: int, how: str, *, is_mask: bool = False):
     value = 0 if is_mask else None
     padded = _replicate(np.asarray(scaled), top, height - h - top, left, width - w - left, value=value)
     return Image.fromarray(np.ascontiguousarray(padded))
-
-
-def mask_coverage(mask) -> tuple[int, int]:
-    """(darkest, brightest) value of a mask in greyscale."""
-    return mask.getextrema()
 
 
 def blurred(mask, radius: int):

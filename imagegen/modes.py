@@ -62,16 +62,12 @@ def mode_for(given: dict, command: str | None = None) -> Mode:
     wanted = get_mode(command)
     missing = [f for f in wanted.needs if given.get(f) is None]
     if missing:
-        return _missing(wanted, missing[0])
+        raise UsageError(f"{command} needs {_flag(missing[0])} FILE (the picture to start from)")
     if wanted.marks and not any(given.get(f) is not None for f in wanted.marks):
         raise UsageError(f"{command} needs " + " or ".join(_flag(f) for f in wanted.marks)
                          + " (what to repaint); without one, run `imagegen img2img`")
     extra = next(f for f in wanted.refuses if given.get(f) is not None)
     raise UsageError(f"{_flag(extra)} belongs to `imagegen {found.name}`, not `imagegen {command}`")
-
-
-def _missing(mode: Mode, field: str):
-    raise UsageError(f"{mode.name} needs {_flag(field)} FILE (the picture to start from)")
 
 
 def _flag(name: str) -> str:

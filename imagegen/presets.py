@@ -51,11 +51,10 @@ class Preset:
         """The family's pipeline variant this preset runs `mode` with; refuses a mode it cannot run, naming the
         presets that can."""
         if not self.can(mode):
-            able = [p.name for p in scan_presets()[0] if p.can(mode)]
-            kin = [name for name in able if load_preset(name).family is self.family]
-            able = kin or able  # this family's first: the same model kind is the likely fix
+            able = [p for p in scan_presets()[0] if p.can(mode)]
+            kin = [p for p in able if p.family is self.family]  # this family's first: the likely fix
             raise UsageError(f"preset {self.name!r} cannot do {mode.name}; presets that can: "
-                             f"{', '.join(able) or 'none'}")
+                             f"{', '.join(p.name for p in kin or able) or 'none'}")
         return self.pipelines.get(mode.name)
 
     def request(self) -> Request:

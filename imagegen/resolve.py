@@ -6,6 +6,7 @@ from __future__ import annotations
 import secrets
 
 from .adapters import ADAPTERS, ResolveContext
+from .canvas import round_to
 from .errors import RunError, UsageError
 from .families import FAMILIES
 from .hub import not_cached_message
@@ -177,13 +178,9 @@ def _size(size: tuple[int, int], source: str, info, family) -> tuple[int, int, i
     if width % multiple or height % multiple:
         raise UsageError(
             f"--size {width}x{height}: width and height must be multiples of {multiple} for this model "
-            f"(VAE scale factor x patch size); nearest: {_round(width, multiple)}x{_round(height, multiple)}"
+            f"(VAE scale factor x patch size); nearest: {round_to(width, multiple)}x{round_to(height, multiple)}"
         )
     return width, height, multiple
-
-
-def _round(value: int, multiple: int) -> int:
-    return max(multiple, round(value / multiple) * multiple)
 
 
 def _adapters(merged: dict, top: dict, ctx: ResolveContext) -> tuple[tuple, list[str]]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..canvas import round_to
 from ..errors import UsageError
 from ..fields import Field, choice, integer, number
 from .base import Adapter, ResolveContext
@@ -58,13 +59,14 @@ class Hires(Adapter):
                              "map at the hires size; leave out one of them")
         if ctx.family.pipeline_class("image2image", ctx.variant) is None:
             raise UsageError(f"--hires: {ctx.family.name} has no img2img pipeline in diffusers for its second pass")
-        width, height = (_round(ctx.width * scale, ctx.multiple), _round(ctx.height * scale, ctx.multiple))
+        width, height = round_to(ctx.width * scale, ctx.multiple), round_to(ctx.height * scale, ctx.multiple)
         if ctx.max_side and max(width, height) > ctx.max_side:
             raise UsageError(f"--hires {scale:g}: {width}x{height} is over this model's {ctx.max_side} px a side")
         spec = HiresSpec(scale=scale, upscaler=given.get("hires_upscaler") or "latent",
                          strength=given.get("hires_strength") or DEFAULT_STRENGTH,
                          steps=given.get("hires_steps") or given["steps"], width=width, height=height)
-        check_steps(spec.steps, spec.strength, ("--hires-strength", "--hires-steps" if given.get("hires_steps") else "--steps"))
+        steps_flag = "--hires-steps" if given.get("hires_steps") else "--steps"
+        check_steps(spec.steps, spec.strength, ("--hires-strength", steps_flag))
         spec.record.update(scale=spec.scale, upscaler=spec.upscaler, strength=spec.strength, steps=spec.steps,
                            width=width, height=height)
         return spec
@@ -103,6 +105,3 @@ class Hires(Adapter):
         return {"hires": part["scale"], "hires_upscaler": part["upscaler"], "hires_strength": part["strength"],
                 "hires_steps": part["steps"]}
 
-
-def _round(value: float, multiple: int) -> int:
-    return max(multiple, int(round(value / multiple)) * multiple)

@@ -13,7 +13,7 @@ from typing import Any
 
 from .. import canvas
 from ..errors import UsageError
-from ..fields import Field, choice, integer, name
+from ..fields import Field, choice, integer, name, number
 from ..inputs import InputImage, check_image, load_rgb
 from ..output import pixels_sha256
 from .base import Adapter, ResolveContext
@@ -26,15 +26,13 @@ AREAS = {"whole": "Whole picture", "masked": "Only masked"}  # --inpaint-area ->
 
 def parse_strength(value: Any) -> float:
     """A denoising strength in (0, 1]: 0 would return the input unchanged."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ValueError(f"must be a number above 0 and at most 1, got {value!r}")
     try:
-        number = float(value)
+        strength = number(0.0, 1.0)(value)  # refuses bools, non-numbers, nan and the out-of-range
     except ValueError:
-        raise ValueError(f"must be a number above 0 and at most 1, got {value!r}") from None
-    if not 0 < number <= 1:  # also refuses nan
+        strength = 0.0
+    if strength == 0:
         raise ValueError(f"must be above 0 and at most 1 (0 keeps the input unchanged), got {value!r}")
-    return number
+    return strength
 
 
 def parse_extend(value: Any) -> tuple[int, int, int, int]:
@@ -146,7 +144,7 @@ def _mask_checked(path: str, label: str) -> InputImage:
 
 @lru_cache(maxsize=256)
 def _extrema(mask: InputImage) -> tuple[int, int]:
-    return canvas.mask_coverage(load_rgb(mask).convert("L"))
+    return load_rgb(mask).convert("L").getextrema()
 
 
 class InitImage(Adapter):
