@@ -5,9 +5,10 @@ A family's tiny builder lives in pipelines.py, registered with @tiny("<family>")
 any of them."""
 
 from .conditioning import IP_ADAPTER_WEIGHT, build_tiny_controlnet, build_tiny_ip_adapter
+from .loras import build_tiny_embedding, build_tiny_lora
 from .parts import _save, clip_byte_vocab, clip_text_config, with_clip_specials
 from .pipelines import TINY, _tiny_sdxl, build_tiny, build_tiny_flux, build_tiny_sd3, build_tiny_sdxl
 
-__all__ = ["IP_ADAPTER_WEIGHT", "TINY", "build_tiny", "build_tiny_controlnet", "build_tiny_flux",
-           "build_tiny_ip_adapter", "build_tiny_sd3", "build_tiny_sdxl", "clip_byte_vocab", "clip_text_config",
-           "with_clip_specials"]
+__all__ = ["IP_ADAPTER_WEIGHT", "TINY", "build_tiny", "build_tiny_controlnet", "build_tiny_embedding",
+           "build_tiny_flux", "build_tiny_ip_adapter", "build_tiny_lora", "build_tiny_sd3", "build_tiny_sdxl",
+           "clip_byte_vocab", "clip_text_config", "with_clip_specials"]
