@@ -41,6 +41,7 @@ class Field:
     preset: bool = False  # a preset's [defaults] table may set it
     items: tuple[type, ...] = ()  # the JSON types of a list's elements; default: the field's non-list types
     panel: str | None = None  # the --help panel listing its option; an adapter's fields get the adapter's
+    unhashed: Any = None  # a value left out of the recipe hash: what records from before the field existed meant
 
     @property
     def item_types(self) -> tuple[type, ...]:
@@ -203,6 +204,12 @@ def parse_device(value: Any) -> str:
 
 parse_dtype = choice(DTYPES, f"one of {', '.join(sorted(set(DTYPES.values())))}")
 parse_metadata = choice({m: m for m in METADATA_MODES}, f"one of {', '.join(METADATA_MODES)}")
+PROMPT_SYNTAXES = ("a1111", "plain")
+parse_syntax = choice({s: s for s in PROMPT_SYNTAXES}, f"one of {', '.join(PROMPT_SYNTAXES)}")
+
+
+def _recorded_syntax(record: dict) -> str:
+    return record.get("prompt_syntax") or "plain"  # records from before prompt syntax passed prompts literally
 
 
 def _one(value: Any) -> int:
@@ -212,6 +219,10 @@ def _one(value: Any) -> int:
 # The fields of every generating command, in the order options are listed. Adapters add theirs (imagegen.adapters).
 CORE_FIELDS: tuple[Field, ...] = (
     Field("prompt", prompt_text, (str,), "What to draw.", replay="prompt", hashed=("prompt",)),
+    Field("prompt_syntax", parse_syntax, (str,), "a1111 (default): (word:1.3), (word), [word], BREAK, <lora:NAME:SCALE> "
+          "and prompts past 75 tokens chunked as A1111 does; plain: the prompt as written, cut at the encoder's "
+          "length (with a note).", replay=_recorded_syntax, hashed=("prompt_syntax",), call=("prompt_syntax",),
+          metavar="a1111|plain", unhashed="plain", panel=GENERATION),
     Field("negative", prompt_text, (str,), "Negative prompt (acts through CFG).", replay="negative", hashed=("negative",),
           preset=True, panel=GENERATION),
     Field("seed", parse_seed, (int,), "First seed; image i gets seed+i. Default: random, printed and recorded.",

@@ -58,15 +58,20 @@ def digest(path: str | Path) -> str:
 
 def file_sha256(path: str | Path) -> str:
     """The sha256 of a file's bytes, computed once per (absolute path, size, mtime_ns) and kept in the user cache."""
+    return _cached("", path, digest)
+
+
+def _cached(kind: str, path: str | Path, compute) -> str:
+    """compute(path), cached by (kind, absolute path, size, mtime_ns)."""
     path = Path(path).resolve()
     stat = path.stat()
-    key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+    key = f"{kind}{path}|{stat.st_size}|{stat.st_mtime_ns}"
     cache = _cache_file()
     with _lock:
         entries = _entries(cache)
         if isinstance(entries.get(key), str):
             return entries[key]
-    sha = digest(path)
+    sha = compute(path)
     with _lock:
         entries[key] = sha
         _save(cache, entries)
@@ -108,3 +113,20 @@ def _folder_sha256(path: Path) -> str:
                 full = Path(root, name)
                 lines.append(f"{full.relative_to(path).as_posix()}\0{file_sha256(full)}\n")
     return hashlib.sha256("".join(sorted(lines)).encode()).hexdigest()
+
+
+def tensors_sha256(path: str | Path) -> str:
+    """The sha256 of a .safetensors file's tensor data, its JSON header left out: what A1111 and kohya's
+    additional-networks call the LoRA hash and civitai lists as AutoV3 (the first 12 hex digits). Cached like
+    file_sha256."""
+    return _cached("tensors|", path, _tensors_digest)
+
+
+def _tensors_digest(path: Path) -> str:
+    state = hashlib.sha256()
+    with open(path, "rb") as f:
+        header = int.from_bytes(f.read(8), "little")
+        f.seek(8 + header)
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            state.update(chunk)
+    return state.hexdigest()

@@ -56,6 +56,7 @@ def build_record(req, loaded, *, seed: int, scheduler_config: dict, scheduler_cl
         "mode": req.mode.name,
         "prompt": req.prompt,
         "negative": req.negative,
+        "prompt_syntax": req.prompt_syntax,
         "seed": seed,
         "steps": req.steps,
         "cfg": req.cfg,

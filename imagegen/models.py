@@ -23,6 +23,7 @@ class ModelInfo:
     max_side: int | None = None  # e.g. SD3's positional embedding caps the image side
     guidance_embeds: bool | None = None  # the denoiser takes --guidance (None: unknown, configs not readable)
     local: bool = False
+    lora_widths: tuple = ()  # (regex of LoRA tensor names, the input width the model gives them), from its configs
 
 
 def canonical_model(model: str) -> str:
@@ -78,4 +79,5 @@ def inspect_model(model: str, revision: str | None = None) -> ModelInfo:
                          f"{', '.join(known)}")
     multiple, max_side = family.size_rule(read)
     return ModelInfo(model=model, family=family, pipeline_class=pipeline_class, multiple=multiple,
-                     max_side=max_side, guidance_embeds=family.guidance_embedded(read), local=is_local(model))
+                     max_side=max_side, guidance_embeds=family.guidance_embedded(read), local=is_local(model),
+                     lora_widths=family.lora_widths(read))

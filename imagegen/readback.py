@@ -18,7 +18,7 @@ _WORDS = {str: "a string", int: "an integer", float: "a number", bool: "true or 
 # What a replay reads. A type (or tuple of types) is checked with isinstance (a bool is never a number); a dict holds
 # the keys of an object (a key whose types include None may be missing); a one-item list is a list of that shape.
 RECORD_SHAPE = {
-    "mode": _TEXT, "prompt": str, "negative": str, "seed": int, "steps": int, "cfg": _NUMBER, "guidance": (int, float, type(None)),
+    "mode": _TEXT, "prompt": str, "negative": str, "prompt_syntax": _TEXT, "seed": int, "steps": int, "cfg": _NUMBER, "guidance": (int, float, type(None)),
     "width": int, "height": int,
     "scheduler": {"name": str},
     "model": {"id": str, "revision": _TEXT, "variant": _TEXT, "family": _TEXT, "preset": _TEXT,

@@ -21,7 +21,7 @@ from .resolve import resolve
 # What --verify lets a replay change: where and how it is written, and weights that prove by sha256 to be the same.
 VERIFY_KEEPS = frozenset({"out", "name", "metadata", "device"})
 WEIGHT_FLAGS = {"--model": "model", "--controlnet-model": "controlnet_model", "--ip-adapter-model": "ip_adapter_model",
-                "--image-encoder": "image_encoder"}
+                "--image-encoder": "image_encoder", "--lora": "lora", "--embedding": "embedding"}
 
 
 @dataclass(frozen=True)

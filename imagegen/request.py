@@ -58,7 +58,7 @@ Request = make_dataclass(
 Request.__module__ = __name__
 
 # Built-in defaults: the bottom layer, below any preset.
-DEFAULTS = Request(negative="", n=1, batch_size=1, dtype="auto", device="auto", out="outputs", name=DEFAULT_NAME,
+DEFAULTS = Request(prompt_syntax="a1111", negative="", n=1, batch_size=1, dtype="auto", device="auto", out="outputs", name=DEFAULT_NAME,
                    metadata="portable")
 DEFAULT_PRESET = "sdxl"
 
@@ -100,6 +100,7 @@ class ResolvedRequest:
     notes: tuple[str, ...] = ()  # things the user should be told (true CFG turned on, ...)
     adapters: tuple[tuple[str, Any], ...] = ()  # (adapter name, its resolved spec), in registry order
     pipeline_variant: str | None = None  # the preset's pipeline variant for the mode ("fill"), if any
+    prompt_syntax: str = "a1111"  # how the prompt is read (imagegen.prompts): "a1111" or "plain"
 
     @property
     def seeds(self) -> list[int]:
@@ -116,7 +117,8 @@ class ResolvedRequest:
 
     def hash_values(self, seed: int) -> dict:
         """What decides this image's pixels: the hashed fields and each adapter's content (absent when unused)."""
-        values = {attr: _plain(getattr(self, attr)) for f in FIELDS.values() for attr in f.hashed}
+        values = {attr: _plain(getattr(self, attr)) for f in FIELDS.values() for attr in f.hashed
+                  if f.unhashed is None or getattr(self, attr) != f.unhashed}
         values["seed"] = seed
         by_name = {a.name: a for a in ADAPTERS}
         values.update({name: by_name[name].hash_value(spec) for name, spec in self.adapters})

@@ -23,6 +23,8 @@ def check_companions(layer: Request) -> None:
     """Refuse an adapter's settings given without the field that turns it on (a single run; in a batch the flags are
     every line's defaults, and lines without the adapter ignore them)."""
     for adapter in ADAPTERS:
+        if not adapter.needs_main:
+            continue
         main, *settings = adapter.fields
         given = [f for f in settings if getattr(layer, f.name) is not None]
         if given and getattr(layer, main.name) is None:
@@ -69,7 +71,7 @@ def resolve(flags: Request, replay: Request | None = None, line: Request | None 
     width, height, multiple = _size(*_wanted_size(merged, top, info, family), info, family)
     adapters, notes = _adapters(merged, top, ResolveContext(
         preset=preset, family=family, task=run_mode.task, width=width, height=height, presets_with=_presets_with(family),
-        multiple=multiple, max_side=info.max_side, variant=variant, size_given="size" in top))
+        multiple=multiple, max_side=info.max_side, variant=variant, size_given="size" in top, model=info))
     _check_pipeline(family, run_mode, variant, adapters, merged["cfg"], preset)
     _check_guidance(merged, top, info, family, notes)
     _check_revision(merged, top, info)
@@ -85,7 +87,7 @@ def resolve(flags: Request, replay: Request | None = None, line: Request | None 
         family=family, model=merged["model"], revision=merged.get("revision"), variant=merged.get("variant"),
         dtype=merged["dtype"], device=merged["device"], out=merged["out"], name=merged["name"],
         metadata=merged["metadata"], mode=run_mode, multiple=multiple, gpu_dtype=preset.dtype, notes=tuple(notes),
-        adapters=adapters, pipeline_variant=variant,
+        adapters=adapters, pipeline_variant=variant, prompt_syntax=merged["prompt_syntax"],
     )
 
 

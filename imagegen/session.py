@@ -17,6 +17,7 @@ from .loading import make_invariant
 from .metadata import a1111_parameters, build_record, versions
 from .output import Written, pixels_sha256, write_image
 from .portable import for_writing
+from .prompting import PromptBatch, prepare
 from .schedulers import build_scheduler
 
 _BY_NAME = {adapter.name: adapter for adapter in ADAPTERS}
@@ -64,6 +65,7 @@ class Session:
         self.versions = versions()  # library versions, read once per run
         self.loaded = None
         self.pipe = None
+        self._noted: set[str] = set()
 
     def placement(self, req) -> tuple[str, str]:
         """(device, dtype) for the request: an unavailable device is refused here, before anything loads."""
@@ -94,21 +96,44 @@ class Session:
         """A fresh scheduler of the request's choice, built from the model's own scheduler config."""
         self.pipe.scheduler = build_scheduler(req.scheduler, self.loaded.native_scheduler)
 
-    def call(self, reqs: list, seeds: list[int], progress, embeddings: dict | None = None) -> Call:
-        """One pipeline call for a micro-batch of requests sharing a group key; one CPU generator per image, so each
-        depends only on its own seed. `embeddings` (from the family's encode_prompt) replace the prompts. Each part
-        then finishes the images (an inpaint composited, a hires pass run)."""
+    def call(self, reqs: list, seeds: list[int], progress, prompts: PromptBatch | None = None) -> Call:
+        """One pipeline call for a micro-batch of requests sharing a group key (more where their prompts' embeddings
+        differ in length: imagegen.prompting); one CPU generator per image, so each depends only on its own seed.
+        `prompts` (from `encode`, compare's encode-once) stands in for the prompts. Each part then finishes the
+        images (an inpaint composited, a hires pass run)."""
         first = reqs[0]
         start = time.perf_counter()
-        output, marks = self._invoke(self.pipe, call_arguments(reqs, embeddings), seeds, progress, first)
-        images = output.images
-        run = _Run(self, reqs, seeds, progress, embeddings)
-        for adapter, spec in active(first):
-            images = adapter.finish(spec, images, run)
-        end = time.perf_counter()
-        denoise_end = marks[-1] if marks else end
-        return Call(images=list(images), timings={"denoise_s": denoise_end - start, "decode_s": end - denoise_end},
+        batches = [prompts] if prompts is not None else prepare(
+            self.pipe, reqs, active(first), self._note(progress), device=self.loaded.device)
+        images: list = [None] * len(reqs)
+        denoise = 0.0
+        for batch in batches:
+            sub, sub_seeds = [reqs[i] for i in batch.indexes], [seeds[i] for i in batch.indexes]
+            begun = time.perf_counter()
+            output, marks = self._invoke(self.pipe, call_arguments(sub, batch), sub_seeds, progress, first)
+            denoise += (marks[-1] if marks else time.perf_counter()) - begun
+            done = output.images
+            run = _Run(self, sub, sub_seeds, progress, batch)
+            for adapter, spec in active(first):
+                done = adapter.finish(spec, done, run)
+            for index, image in zip(batch.indexes, done):
+                images[index] = image
+        total = time.perf_counter() - start
+        return Call(images=images, timings={"denoise_s": min(denoise, total), "decode_s": max(total - denoise, 0.0)},
                     scheduler_config=dict(self.pipe.scheduler.config), scheduler_class=type(self.pipe.scheduler).__name__)
+
+    def encode(self, req, progress) -> PromptBatch:
+        """The request's prompts encoded once, for calls that share them (compare's cells)."""
+        return prepare(self.pipe, [req], active(req), self._note(progress), embed=True, device=self.loaded.device)[0]
+
+    def _note(self, progress) -> Callable[[str], None]:
+        """progress.note, once per distinct message in this session (a long prompt in a batch is noted once)."""
+        def note(message: str) -> None:
+            if message not in self._noted:
+                self._noted.add(message)
+                progress.note(message)
+
+        return note
 
     def _invoke(self, pipe, kwargs: dict, seeds: list[int], progress, first) -> tuple[Any, list[float]]:
         """Call `pipe` with fresh per-image generators; (its output, the time each step ended)."""
@@ -157,7 +182,7 @@ class _Run:
     reqs: list
     seeds: list[int]
     progress: Any
-    embeddings: dict | None
+    prompts: PromptBatch
 
     @property
     def pipe(self):
@@ -169,24 +194,28 @@ class _Run:
         session, first = self.session, self.reqs[0]
         pipe = pipeline_for(session.loaded, first, task=task)
         pipe.scheduler = session.pipe.scheduler  # the request's scheduler; each call sets its own timesteps
-        kwargs = call_arguments(self.reqs, self.embeddings)
+        kwargs = call_arguments(self.reqs, self.prompts)
         kwargs.pop("output_type", None)
         kwargs.update(overrides)
         output, _ = session._invoke(pipe, kwargs, self.seeds, self.progress, first)
         return list(output.images)
 
 
-def call_arguments(reqs: list, embeddings: dict | None = None) -> dict:
-    """The pipeline arguments of one micro-batch: the mode's, each adapter's, then what CFG means for the family."""
+def call_arguments(reqs: list, prompts: PromptBatch | None = None) -> dict:
+    """The pipeline arguments of one micro-batch: the mode's, each adapter's, then what CFG means for the family, and
+    the prompts as the encoders read them (text, or embeddings)."""
     first = reqs[0]
     kwargs = first.mode.call_arguments(reqs)
     for adapter, spec in active(first):
         kwargs.update(adapter.call_arguments(spec, first.family, first.mode.task, len(reqs)))
-    kwargs.update(first.family.guidance_arguments(first.cfg, first.guidance, [r.negative for r in reqs]))
-    if embeddings is not None:
+    negatives = prompts.negatives if prompts is not None else [r.negative for r in reqs]
+    kwargs.update(first.family.guidance_arguments(first.cfg, first.guidance, negatives))
+    if prompts is not None and prompts.embeddings is not None:
         kwargs.pop("prompt")
         kwargs.pop("negative_prompt", None)
-        kwargs.update(first.family.embeddings_for(embeddings, first.cfg))
+        kwargs.update(first.family.embeddings_for(prompts.embeddings, first.cfg))
+    elif prompts is not None:
+        kwargs["prompt"] = list(prompts.prompts)
     return kwargs
 
 

@@ -140,7 +140,7 @@ def test_cli_options_are_the_field_tables(command):
         assert tuple(by_name[name].opts + by_name[name].secondary_opts) == FIELDS[name].options, name
         assert by_name[name].multiple == FIELDS[name].repeat, name
     # A single-mode command takes every line field but those of other modes; batch takes them all.
-    refused = set(MODES[command].refuses) if command in MODES else {"strength"} if command == "compare" else set()
+    refused = set(MODES[command].refuses) if command in MODES else {"strength", "lora_scale"} if command == "compare" else set()
     refused |= {f.name for a in ADAPTERS if a.fields[0].name in refused for f in a.fields}
     if command in (*MODES, "batch"):  # every field a prompt-file line may set is a flag too
         assert set(LINE_FIELDS) - {"prompt"} - refused <= set(callback.fields)

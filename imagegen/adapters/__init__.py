@@ -6,14 +6,18 @@ from __future__ import annotations
 
 from .base import Adapter, ResolveContext
 from .controlnet import ControlNet
+from .embedding import Embedding
 from .hires import Hires
 from .init_image import InitImage
 from .ip_adapter import IPAdapter
+from .lora import Lora
 
 ADAPTERS: tuple[Adapter, ...] = (
     InitImage(),
     ControlNet(),
     IPAdapter(),
+    Lora(),
+    Embedding(),
     Hires(),
 )
 

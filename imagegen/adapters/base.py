@@ -24,6 +24,7 @@ class ResolveContext:
     max_side: int | None = None  # the largest side the model takes, where it has one
     variant: str | None = None  # the preset's pipeline variant for this task ("fill"), if any
     size_given: bool = False  # --size was given (else the size came from the preset or an init image)
+    model: Any = None  # imagegen.models.ModelInfo: what the model's configs say (no weights read)
 
 
 class Adapter:
@@ -35,6 +36,7 @@ class Adapter:
     variant: str | None = None  # the (family x task) pipeline variant it runs in ("controlnet"), if any
     in_place: bool = False  # applied to the loaded pipeline itself (removed again when a request lacks it)
     record_shape: Any = None  # what its record part must look like when read back (imagegen.readback's shapes)
+    needs_main: bool = True  # its other fields need fields[0] (False where the prompt can turn it on: <lora:> tags)
 
     # ---- before any weights load
 
@@ -72,6 +74,11 @@ class Adapter:
     def components(self, spec: Any, loaded) -> dict:
         """Modules the variant pipeline is built with (from_pipe)."""
         return {}
+
+    def prompt_text(self, spec: Any, text: str) -> str:
+        """A prompt (or negative) as the encoders read it with this adapter applied (an embedding's name as its
+        token)."""
+        return text
 
     def call_arguments(self, spec: Any, family, task: str, count: int = 1) -> dict:
         """Its pipeline call arguments, for a micro-batch of `count` images."""

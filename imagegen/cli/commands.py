@@ -175,7 +175,7 @@ def _batch_summary(result) -> None:
 
 
 # The axes replace --scheduler, --steps, --cfg and --strength; every cell is one image, named by its axis values.
-AXIS_FIELDS = ("scheduler", "steps", "cfg", "strength")
+AXIS_FIELDS = ("scheduler", "steps", "cfg", "strength", "lora_scale")
 COMPARED = tuple(name for name in GENERATION if name not in (*AXIS_FIELDS, "n", "batch_size", "name"))
 
 
@@ -187,21 +187,22 @@ def compare(
     steps: Annotated[Optional[str], typer.Option("--steps", metavar="TEXT", help="Step axis: 8,15,30 or a range 10-50:10.")] = None,
     cfg: Annotated[Optional[str], typer.Option("--cfg", metavar="TEXT", help="CFG axis: 3,5,7 or a range 2-8:2.")] = None,
     strengths: Annotated[Optional[str], typer.Option("--strengths", metavar="TEXT", help="Denoising strength axis (with --image): 0.3,0.5,0.7 or a range 0.2-0.8:0.2.")] = None,
+    lora_scales: Annotated[Optional[str], typer.Option("--lora-scales", metavar="TEXT", help="LoRA scale axis (every LoRA of the request at each): 0,0.5,1 or a range 0-1:0.25.")] = None,
     seeds: Annotated[Optional[str], typer.Option("--seeds", metavar="TEXT", help="Seed axis: 1,2,3 or a range 1-4.")] = None,
     reference: Annotated[Optional[str], typer.Option("--reference", metavar="SCHEDULER:STEPS", help="The cell every other is measured against; one not on the grid is computed as an extra image. Default: the same scheduler at the largest step count.")] = None,
     tolerance: Annotated[float, typer.Option("--tolerance", metavar="FLOAT", help="Mean absolute pixel difference (0-255) from the reference still counted as converged.")] = 2.0,
     max_images: Annotated[Optional[int], typer.Option("--max-images", metavar="N", help="Refuse a comparison of more than N images (counted from the axes before anything runs). Default: 1000.")] = None,
     quiet: Quiet = False, json_: Json = False, debug: Debug = False, **fields,
 ) -> None:
-    """Compare schedulers, step counts, CFG scales, strengths and seeds on one prompt: a labelled grid, a table and an
-    answer."""
+    """Compare schedulers, step counts, CFG scales, strengths, LoRA scales and seeds on one prompt: a labelled grid, a
+    table and an answer."""
     from ..compare import plan_compare, run_compare
     from ..resolve import check_companions
 
     layer = flags(fields)
     check_companions(layer)
     plan = plan_compare(prompt, layer, schedulers=schedulers, steps=steps, cfg=cfg, seeds=seeds, strengths=strengths,
-                        reference=reference, tolerance=tolerance, max_images=max_images)
+                        lora_scales=lora_scales, reference=reference, tolerance=tolerance, max_images=max_images)
     progress = _batch_progress(quiet)
     for note in plan.notes:
         progress.note(note)
@@ -224,13 +225,13 @@ def _compare_table(result) -> None:
 
     table = Table(title=f"compare {result.out_dir}", box=box.SIMPLE_HEAD)  # no column rules: fits 80 columns
     table.add_column("scheduler", justify="right", min_width=10)  # the one column that wraps at 80 columns
-    strengths = any(r["strength"] is not None for r in rows(result))
-    for column in ("steps", "cfg", *(["strength"] if strengths else []), "seed", "evals", "time s", "Δ ref", "PSNR dB"):
+    shown = [c for c in ("strength", "lora_scale") if any(r[c] is not None for r in rows(result))]
+    for column in ("steps", "cfg", *[c.replace("_", " ") for c in shown], "seed", "evals", "time s", "Δ ref", "PSNR dB"):
         table.add_column(column, justify="right", no_wrap=True)  # a number cut to "382794…" would lose its meaning
     for r in rows(result):
         psnr = "" if r["psnr_db"] is None else "∞" if r["psnr_db"] == "inf" else str(r["psnr_db"])
         scheduler = r["scheduler"] + (" (reference)" if r["role"] == "reference" else "")
-        table.add_row(scheduler, str(r["steps"]), f"{r['cfg']:g}", *([f"{r['strength']:g}"] if strengths else []),
+        table.add_row(scheduler, str(r["steps"]), f"{r['cfg']:g}", *[f"{r[c]:g}" for c in shown],
                       str(r["seed"]), str(r["model_steps"]),
                       f"{r['wall_s']:.2f}",
                       "" if r["mean_abs_diff"] is None else f"{r['mean_abs_diff']:.2f}", psnr)

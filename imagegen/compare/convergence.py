@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from .plan import key_of, strength_of
+from .plan import key_of
 
 
 def _key(c) -> tuple:
@@ -30,7 +30,7 @@ def convergence(result) -> None:
     by_key = {_key(c): c for c in result.cells}
     for c in result.cells:
         scheduler, steps = _ref_of(c, plan)
-        ref = by_key.get((scheduler, steps, c.cell.req.cfg, strength_of(c.cell.req), c.cell.req.seed))
+        ref = by_key.get(key_of(c.cell.req, scheduler, steps))
         if ref is None:
             continue
         c.reference = f"{scheduler}:{steps}"
@@ -55,7 +55,7 @@ def _answer(result, by_key: dict) -> str:
             f"; the closest is {closest.cell.req.scheduler.name} at {closest.cell.req.steps} steps "
             f"({closest.mad:.2f})" if closest else "")
     best = min(within, key=lambda c: (c.model_steps, c.denoise_s, c.cell.req.steps))
-    ref = by_key[(*_ref_of(best, plan), best.cell.req.cfg, strength_of(best.cell.req), best.cell.req.seed)]
+    ref = by_key[key_of(best.cell.req, *_ref_of(best, plan))]
     share = best.model_steps / ref.model_steps if ref.model_steps else 1.0
     return (
         f"{best.cell.req.scheduler.name} at {best.cell.req.steps} steps is within tolerance ({best.mad:.2f} mean pixel "

@@ -20,13 +20,15 @@ from ..resolve import resolve
 from ..schedulers import resolve_scheduler
 
 # The order varying axes take: rows, columns, then one grid per value.
-AXES = ("scheduler", "steps", "cfg", "strength", "seed")
-FLAGS = {"scheduler": "--schedulers", "steps": "--steps", "cfg": "--cfg", "strength": "--strengths", "seed": "--seeds"}
+AXES = ("scheduler", "steps", "cfg", "strength", "lora_scale", "seed")
+FLAGS = {"scheduler": "--schedulers", "steps": "--steps", "cfg": "--cfg", "strength": "--strengths",
+         "lora_scale": "--lora-scales", "seed": "--seeds"}
 DEFAULT_TOLERANCE = 2.0  # mean absolute pixel difference (0-255) still counted as "the same image"
 DEFAULT_MAX_IMAGES = 1000  # a larger grid needs --max-images: 1000 cells of a 1024px model are hours of work
 MAX_AXIS = 1000
 _PLURAL = {"scheduler": "schedulers", "steps": "step counts", "cfg": "CFG scales", "strength": "strengths",
-           "seed": "seeds"}
+           "lora_scale": "LoRA scales", "seed": "seeds"}
+_NUMBER_AXES = ("cfg", "strength", "lora_scale")  # a range of these keeps fractions
 _RANGE = re.compile(r"^\s*(-?[\d.]+)\s*-\s*(-?[\d.]+)\s*(?::\s*([\d.]+))?\s*$")
 
 
@@ -64,7 +66,7 @@ def parse_axis(name: str, text: str) -> tuple:
         if span:
             start, step, count = span
             raw = [start + i * step for i in range(count)]
-            if name not in ("cfg", "strength"):
+            if name not in _NUMBER_AXES:
                 raw = [int(v) if float(v).is_integer() else v for v in raw]
         for value in raw:
             try:
@@ -121,21 +123,33 @@ def strength_of(req: ResolvedRequest) -> float | None:
     return init.strength if init is not None else None
 
 
-def key_of(req: ResolvedRequest) -> tuple:
-    """What tells cells apart: scheduler, steps, CFG, strength and seed."""
-    return (req.scheduler.name, req.steps, req.cfg, strength_of(req), req.seed)
+def lora_scale_of(req: ResolvedRequest) -> float | None:
+    """A cell's LoRA scale (every LoRA's, when they share one), or None without LoRAs."""
+    lora = req.adapter("lora")
+    scales = {item.scale for item in lora.items} if lora is not None else set()
+    return scales.pop() if len(scales) == 1 else None
+
+
+def key_of(req: ResolvedRequest, scheduler: str | None = None, steps: int | None = None) -> tuple:
+    """What tells cells apart: scheduler, steps, CFG, strength, LoRA scale and seed (with another scheduler and step
+    count: the key of the cell measured against)."""
+    return (scheduler or req.scheduler.name, steps or req.steps, req.cfg, strength_of(req), lora_scale_of(req),
+            req.seed)
 
 
 def plan_compare(prompt: str, flags: Request, *, schedulers: str | None = None, steps: str | None = None,
                  cfg: str | None = None, seeds: str | None = None, reference: str | None = None,
                  tolerance: float = DEFAULT_TOLERANCE, max_images: int | None = None,
-                 strengths: str | None = None) -> ComparePlan:
+                 strengths: str | None = None, lora_scales: str | None = None) -> ComparePlan:
     """Resolve every cell (before any model loads); errors name the axis flag and the value."""
-    given = {"scheduler": schedulers, "steps": steps, "cfg": cfg, "strength": strengths, "seed": seeds}
+    given = {"scheduler": schedulers, "steps": steps, "cfg": cfg, "strength": strengths, "lora_scale": lora_scales,
+             "seed": seeds}
     if strengths is not None and flags.image is None:
         raise UsageError("--strengths needs --image FILE (a strength is how far img2img or inpaint may move from it)")
     base = resolve(Request(**{**flags.given(), "prompt": prompt, "n": 1, "batch_size": 1,
                               "seed": flags.seed if flags.seed is not None else 0}))
+    if lora_scales is not None and base.adapter("lora") is None:
+        raise UsageError("--lora-scales needs a LoRA (--lora PATH or a <lora:NAME> tag in the prompt)")
     if not 0 <= tolerance <= 255:
         raise UsageError(f"--tolerance: must be from 0 to 255 (mean absolute pixel difference), got {tolerance:g}")
     notes: list[str] = []
@@ -149,7 +163,7 @@ def plan_compare(prompt: str, flags: Request, *, schedulers: str | None = None, 
         elif given[name] is not None:
             axes[name] = parse_axis(name, given[name])
         else:
-            axes[name] = (strength_of(base) if name == "strength" else getattr(base, name),)
+            axes[name] = (_FIXED[name](base) if name in _FIXED else getattr(base, name),)
     if flags.seed is None and given["seed"] is None:
         import secrets
 
@@ -167,6 +181,9 @@ def plan_compare(prompt: str, flags: Request, *, schedulers: str | None = None, 
     check_out_dir(out_dir)  # before any model loads, as every command does
     return ComparePlan(prompt=prompt, cells=tuple(cells), axes=axes, varying=varying, out_dir=out_dir,
                        reference=ref, tolerance=tolerance, notes=tuple(notes))
+
+
+_FIXED = {"strength": strength_of, "lora_scale": lora_scale_of}  # an axis not given: the request's own value
 
 
 def _distinct_schedulers(names: tuple, family, notes: list[str]) -> tuple:
@@ -205,7 +222,8 @@ def _request(prompt: str, flags: Request, values: dict) -> ResolvedRequest:
     try:
         return resolve(Request(**{**flags.given(), "prompt": prompt, "n": 1, "batch_size": 1,
                                   "scheduler": values["scheduler"], "steps": values["steps"],
-                                  "cfg": values["cfg"], "strength": values.get("strength"), "seed": 0}))
+                                  "cfg": values["cfg"], "strength": values.get("strength"),
+                                  "lora_scale": values.get("lora_scale"), "seed": 0}))
     except UsageError as exc:
         raise UsageError(_name_axis(str(exc), values)) from None
 
@@ -215,7 +233,7 @@ def _grid_cells(prompt: str, flags: Request, axes: dict, varying: tuple) -> list
     resolved: dict[tuple, ResolvedRequest] = {}
     for combo in itertools.product(*(axes[n] for n in AXES)):
         values = dict(zip(AXES, combo))
-        key = (values["scheduler"], values["steps"], values["cfg"], values["strength"])
+        key = (values["scheduler"], values["steps"], values["cfg"], values["strength"], values["lora_scale"])
         if key not in resolved:
             resolved[key] = _request(prompt, flags, values)
         req = replace(resolved[key], seed=values["seed"], seed_was_random=False)
@@ -228,11 +246,13 @@ def _grid_cells(prompt: str, flags: Request, axes: dict, varying: tuple) -> list
 def _reference_cells(prompt: str, flags: Request, axes: dict, varying: tuple, ref: tuple[str, int]) -> list[Cell]:
     """The --reference cell for each CFG and seed, when it is not on the grid: extra images, not grid cells."""
     cells = []
-    for cfg_value, strength, seed in itertools.product(axes["cfg"], axes["strength"], axes["seed"]):
-        values = {"scheduler": ref[0], "steps": ref[1], "cfg": cfg_value, "strength": strength, "seed": seed}
+    for cfg_value, strength, scale, seed in itertools.product(axes["cfg"], axes["strength"], axes["lora_scale"],
+                                                              axes["seed"]):
+        values = {"scheduler": ref[0], "steps": ref[1], "cfg": cfg_value, "strength": strength, "lora_scale": scale,
+                  "seed": seed}
         req = replace(_request(prompt, flags, values), seed=seed, seed_was_random=False)
         shown = {"scheduler": ref[0], "steps": ref[1],
-                 **{n: values[n] for n in ("cfg", "strength", "seed") if n in varying}}
+                 **{n: values[n] for n in ("cfg", "strength", "lora_scale", "seed") if n in varying}}
         cells.append(Cell(req=req, values=shown, page=-1, row=-1, col=-1, extra=True))
     return cells
 
@@ -246,6 +266,8 @@ def _name_axis(message: str, values: dict) -> str:
         return "--cfg" + message[len("--cfg"):]
     if message.startswith("--strength:"):
         return "--strengths" + message[len("--strength"):]
+    if message.startswith("--lora-scale:"):
+        return "--lora-scales" + message[len("--lora-scale"):]
     return message
 
 

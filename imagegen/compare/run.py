@@ -11,10 +11,10 @@ from typing import Any
 
 from ..errors import UsageError
 from ..progress import NullBatchProgress
-from ..session import Session, write
+from ..session import Session, pipeline_for, write
 from ..writer import BackgroundWriter
 from .convergence import convergence
-from .plan import Cell, ComparePlan, fmt
+from .plan import Cell, ComparePlan, fmt, lora_scale_of
 from .report import value_slug, write_reports
 
 
@@ -70,16 +70,14 @@ def run_compare(plan: ComparePlan, *, progress=None) -> CompareResult:
     session = Session()
     session.load(first, progress)  # every cell shares the run's ControlNets and IP-Adapter
     result = CompareResult(plan=plan, load_s=time.perf_counter() - started)
-    t0 = time.perf_counter()
-    embeddings = first.family.encode_prompt(session.pipe, plan.prompt, first.negative, session.loaded.device)
-    result.encode_s = time.perf_counter() - t0
+    encoded: dict = {}  # the prompt encoded once per LoRA scale (a text-encoder LoRA changes the embeddings)
     result.out_dir = out_dir
     progress.start(total=len(plan.cells))
     writer = BackgroundWriter(max_pending=4)  # PNG encoding and sidecars overlap the next cell's denoising
     try:
         for cell in plan.cells:
             progress.current(cell.label)
-            image, record, cell_result = _run_cell(session, cell, embeddings, progress, result, len(plan.cells))
+            image, record, cell_result = _run_cell(session, cell, encoded, progress, result, len(plan.cells))
             result.cells.append(cell_result)
             name = "cells/" + "reference_" * cell.extra + "_".join(
                 f"{k}-{value_slug(v)}" for k, v in cell.values.items())
@@ -113,15 +111,23 @@ def run_folder(parent: Path) -> Path:
             number += 1
 
 
-def _run_cell(session: Session, cell: Cell, embeddings: dict, progress, result: CompareResult, total: int):
-    """One cell: its scheduler, one call with the shared embeddings, its record; (image, record, CellResult)."""
+def _run_cell(session: Session, cell: Cell, encoded: dict, progress, result: CompareResult, total: int):
+    """One cell: its LoRA scale and scheduler, one call with the shared embeddings, its record; (image, record,
+    CellResult)."""
     import numpy as np
 
     req = cell.req
+    session.pipe = pipeline_for(session.loaded, req)  # sets the cell's LoRA scale; the same pipeline otherwise
+    scale = lora_scale_of(req)
+    if scale not in encoded:
+        t0 = time.perf_counter()
+        encoded[scale] = session.encode(req, progress)
+        result.encode_s += time.perf_counter() - t0
+    embeddings = encoded[scale]
     session.set_scheduler(req)
     steps_seen: list[int] = []
     call_start = time.perf_counter()
-    call = session.call([req], [req.seed], _StepCounter(progress, steps_seen), embeddings=embeddings)
+    call = session.call([req], [req.seed], _StepCounter(progress, steps_seen), prompts=embeddings)
     wall = time.perf_counter() - call_start
     image = call.images[0]
     record = session.record(

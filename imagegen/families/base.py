@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 from typing import Any, Callable
 
 CLASSIC_CFG = "classifier-free guidance; on when > 1, and the negative prompt acts through it"
@@ -41,6 +42,20 @@ class Family:
     ip_adapter_encoder: str | None = None
     ip_adapter_images: int = 4
     ip_adapter_cfg: float | None = None
+    # LoRA file tensor names: a regex some key must match (None: no LoRA support), and one no key may match.
+    lora_keys: str | None = None
+    lora_not: str | None = None
+    # Textual-inversion files: their tensor key -> the (tokenizer, text encoder) attributes it loads into; "" is the
+    # whole file (one encoder); {} where diffusers' pipelines of the family load none.
+    embedding_keys: dict[str, tuple[str, str]] = {}
+    # Prompts (imagegen.prompting): the CLIP encoders whose per-token hidden states condition the denoiser, as
+    # (tokenizer, encoder) attributes of the pipeline: A1111's weights and chunks act there (none where CLIP gives only
+    # a pooled vector), and the hidden states the pipeline reads from them.
+    weighted_encoders: tuple[tuple[str, str], ...] = (("tokenizer", "text_encoder"),)
+    clip_layer: str = "last"  # "last" (SD 1.x, normalised) or "penultimate" (SDXL, SD3)
+    # Encoders that read a fixed number of tokens: (label, tokenizer attribute, tokens read (None: a CLIP chunk, from
+    # its tokenizer), chunked under a1111).
+    token_limits: tuple[tuple[str, str, int | None, bool], ...] = (("CLIP", "tokenizer", None, True),)
 
     def __repr__(self) -> str:
         return f"<family {self.name}>"
@@ -70,6 +85,14 @@ class Family:
     def guidance_embedded(self, read: Callable[[str], dict | None]) -> bool | None:
         """Whether the model's denoiser takes --guidance (a distilled guidance embedding); None if unknown."""
         return True if self.distilled_guidance else False
+
+    def transformer_lora_widths(self, read: Callable[[str], dict | None]) -> tuple[tuple[str, int], ...]:
+        """lora_widths for an MMDiT: its attention's query projection takes the transformer's inner width."""
+        config = read("transformer/config.json") or {}
+        heads, dim = config.get("num_attention_heads"), config.get("attention_head_dim")
+        if not (isinstance(heads, int) and isinstance(dim, int)):
+            return ()
+        return ((r".*(attn[._]to_q|img_attn_qkv)[._](lora_A|lora_down)\.weight$", heads * dim),)
 
     def latent_patch(self, read: Callable[[str], dict | None], scale: int) -> tuple[int, int | None]:
         """(latent pixels per denoiser token side, the largest image side or None)."""
@@ -102,6 +125,35 @@ class Family:
                 prompt=prompt, device=device, do_classifier_free_guidance=True, negative_prompt=negative or None)
         return {"prompt_embeds": embeds, "negative_prompt_embeds": neg, "pooled_prompt_embeds": pooled,
                 "negative_pooled_prompt_embeds": neg_pooled}
+
+    # ---- LoRA
+
+    def lora_widths(self, read: Callable[[str], dict | None]) -> tuple[tuple[str, int], ...]:
+        """(regex of LoRA tensor names, the input width this model gives those layers), from its configs: a LoRA
+        trained on another base (SD 2.x for SD 1.5, or SD 1.5 for SDXL) shows it in its header."""
+        unet = read("unet/config.json") or {}
+        dim = unet.get("cross_attention_dim")  # the text encoders' width: 768 SD 1.x, 1024 SD 2.x, 2048 SDXL
+        return ((r".*attn2[._]to_[kv][._](lora_A|lora_down)\.weight$", dim),) if isinstance(dim, int) else ()
+
+    def lora_fits(self, keys) -> bool:
+        """Whether a LoRA file's tensor names (its header) are this family's, in a layout diffusers' loader reads
+        (its own and peft's, kohya/A1111, and the variants it converts)."""
+        if not self.lora_keys:
+            return False
+        include, exclude = re.compile(self.lora_keys), re.compile(self.lora_not) if self.lora_not else None
+        return any(include.match(k) for k in keys) and not (exclude and any(exclude.match(k) for k in keys))
+
+    # ---- prompts
+
+    def prompt_limits(self, pipe) -> tuple[tuple[str, str, int | None, bool], ...]:
+        """(label, tokenizer attribute, tokens it reads, whether the a1111 syntax chunks it) for the cut notes."""
+        return self.token_limits
+
+    def weighted_embeddings(self, pipe, encoded: list, plain: str, plain_negative: str, *,
+                            negative_empty: bool) -> dict:
+        """The embedding arguments from the weighted CLIP outputs (imagegen.weighting.Encoded, one per entry of
+        weighted_encoders); `plain` is the text without weights, for encoders that read it as it is (T5)."""
+        return {"prompt_embeds": encoded[0].prompt, "negative_prompt_embeds": encoded[0].negative}
 
     def embeddings_for(self, embeddings: dict, cfg: float) -> dict:
         """The encoded prompt as one call at this --cfg takes it."""

@@ -34,6 +34,16 @@ class Flux(Family):
     controlnet_class = "FluxControlNetModel"
     ip_adapter_encoder = "CLIPVisionModelWithProjection"
     ip_adapter_cfg = 4.0  # XLabs' published example runs its adapter with true_cfg_scale 4
+    # CLIP-L gives Flux only its pooled vector, which token weights cannot reach: both encoders read the text with
+    # the weights removed (imagegen.prompting), and both cut it.
+    lora_keys = (r"(transformer|text_encoder|diffusion_model|base_model\.model)\.|lora_unet_(double|single)_blocks|"
+                 r"lora_transformer_|lora_te1?_|(double|single)_blocks\.")
+    lora_not = r"unet\.|text_encoder_2\.|lora_unet_(down|up|mid|input|output|middle)_block|.*joint_blocks"
+    weighted_encoders = ()
+    token_limits = (("CLIP (pooled)", "tokenizer", None, False), ("T5", "tokenizer_2", 511, False))
+
+    def lora_widths(self, read) -> tuple[tuple[str, int], ...]:
+        return self.transformer_lora_widths(read)
 
     def latent_patch(self, read, scale: int) -> tuple[int, int | None]:
         return 2, None  # Flux packs latents in 2x2 patches

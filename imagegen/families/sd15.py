@@ -27,6 +27,9 @@ class SD15(Family):
     controlnet_signature = {"addition_embed_type": None}  # SDXL's nets add size and crop embeddings
     control_map_arguments = {"text2image": "image"}
     ip_adapter_encoder = "CLIPVisionModelWithProjection"
+    embedding_keys = {"": ("tokenizer", "text_encoder")}
+    lora_keys = r"(unet|text_encoder)\.|lora_te_|lora_unet_(down|mid|up)_block"
+    lora_not = r"text_encoder_2\.|lora_te[12]_|lora_unet_(input|middle|output)_block|transformer\."
 
     def encode_prompt(self, pipe, prompt: str, negative: str, device: str) -> dict:
         import torch

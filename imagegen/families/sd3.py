@@ -26,6 +26,37 @@ class SD3(Family):
     controlnet_class = "SD3ControlNetModel"
     ip_adapter_encoder = "SiglipVisionModel"
     ip_adapter_images = 1  # SD3's pipelines encode one reference image (a second breaks its batch shapes)
+    # diffusers reads SD3 LoRAs in its own (peft) layout only: kohya's and SAI's joint_blocks files load nothing
+    lora_keys = r"(transformer|text_encoder|text_encoder_2)\."
+    lora_not = r"unet\.|lora_unet_(down|up|input|output|double|single)_block|.*single_transformer_blocks|" \
+               r"(diffusion_model\.)?(double|single)_blocks"
+    weighted_encoders = (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"))
+    clip_layer = "penultimate"
+    max_sequence_length = 256  # T5 tokens the pipeline reads (its call default)
+    token_limits = (("CLIP", "tokenizer", None, True), ("T5", "tokenizer_3", max_sequence_length - 1, False))
+
+    def weighted_embeddings(self, pipe, encoded: list, plain: str, plain_negative: str, *,
+                            negative_empty: bool) -> dict:
+        """CLIP-L and CLIP-G weighted and side by side, padded to T5's width and followed by T5's tokens of the plain
+        text, as StableDiffusion3Pipeline.encode_prompt lays them out."""
+        import torch
+
+        def joint(clip, text: str):
+            t5 = pipe._get_t5_prompt_embeds(prompt=text, max_sequence_length=self.max_sequence_length,
+                                            device=clip.device)
+            clip = torch.nn.functional.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
+            return torch.cat([clip, t5.to(clip.dtype)], dim=-2)
+
+        first, second = encoded
+        return {
+            "prompt_embeds": joint(torch.cat([first.prompt, second.prompt], dim=-1), plain),
+            "negative_prompt_embeds": joint(torch.cat([first.negative, second.negative], dim=-1), plain_negative),
+            "pooled_prompt_embeds": torch.cat([first.prompt_pooled, second.prompt_pooled], dim=-1),
+            "negative_pooled_prompt_embeds": torch.cat([first.negative_pooled, second.negative_pooled], dim=-1),
+        }
+
+    def lora_widths(self, read) -> tuple[tuple[str, int], ...]:
+        return self.transformer_lora_widths(read)
 
     def latent_patch(self, read, scale: int) -> tuple[int, int | None]:
         transformer = read("transformer/config.json") or {}

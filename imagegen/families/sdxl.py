@@ -25,6 +25,25 @@ class SDXL(Family):
     # there and the map as `control_image`.
     control_map_arguments = {"text2image": "image"}
     ip_adapter_encoder = "CLIPVisionModelWithProjection"
+    embedding_keys = {"clip_l": ("tokenizer", "text_encoder"), "clip_g": ("tokenizer_2", "text_encoder_2")}
+    lora_keys = r"(unet|text_encoder|text_encoder_2)\.|lora_te[12]_|lora_unet_(input|middle|output|down|mid|up)_block"
+    lora_not = r"lora_te_|transformer\.|lora_unet_(double|single|joint)_blocks"
+    weighted_encoders = (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"))
+    clip_layer = "penultimate"
+
+    def weighted_embeddings(self, pipe, encoded: list, plain: str, plain_negative: str, *,
+                            negative_empty: bool) -> dict:
+        import torch
+
+        first, second = encoded
+        embeds = torch.cat([first.prompt, second.prompt], dim=-1)
+        negative = torch.cat([first.negative, second.negative], dim=-1)
+        negative_pooled = second.negative_pooled
+        if negative_empty and pipe.config.get("force_zeros_for_empty_prompt", False):
+            # what the pipeline itself does with an empty negative prompt (SDXL base's config asks for zeros)
+            negative, negative_pooled = torch.zeros_like(embeds), torch.zeros_like(second.prompt_pooled)
+        return {"prompt_embeds": embeds, "negative_prompt_embeds": negative,
+                "pooled_prompt_embeds": second.prompt_pooled, "negative_pooled_prompt_embeds": negative_pooled}
 
 
 FAMILY = SDXL()
