@@ -15,6 +15,7 @@ from .models import canonical_model, inspect_model
 from .modes import mode_for
 from .output import check_template
 from .presets import list_presets, load_preset
+from .prompts import extract_tags, parse_attention
 from .request import DEFAULT_PRESET, DEFAULTS, Request, ResolvedRequest
 from .schedulers import resolve_scheduler
 
@@ -63,6 +64,7 @@ def resolve(flags: Request, replay: Request | None = None, line: Request | None 
             f"--model {merged['model']} is a {info.family.name} model but preset {preset.name!r} is for "
             f"{family.name}; pick a {info.family.name} preset or leave out --preset"
         )
+    _check_syntax(merged)
     run_mode = mode_for(merged, mode)
     variant = preset.pipeline_variant(run_mode)  # refuses a mode the preset cannot do, naming presets that can
     scheduler = resolve_scheduler(merged["scheduler"], family, steps=merged["steps"])
@@ -89,6 +91,17 @@ def resolve(flags: Request, replay: Request | None = None, line: Request | None 
         metadata=merged["metadata"], mode=run_mode, multiple=multiple, gpu_dtype=preset.dtype, notes=tuple(notes),
         adapters=adapters, pipeline_variant=variant, prompt_syntax=merged["prompt_syntax"],
     )
+
+
+def _check_syntax(merged: dict) -> None:
+    """Under the a1111 syntax a malformed weight, like A1111's own parser would choke on, is one line, before loading."""
+    if merged["prompt_syntax"] != "a1111":
+        return
+    for name, where in (("prompt", "the prompt"), ("negative", "--negative")):
+        try:
+            parse_attention(extract_tags(merged.get(name) or "")[0])
+        except ValueError as exc:
+            raise UsageError(f"{where}: {exc}") from None
 
 
 def _wanted_size(merged: dict, top: dict, info, family) -> tuple[tuple[int, int], str]:

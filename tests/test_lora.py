@@ -110,6 +110,8 @@ def test_verify_checks_the_lora_files_sha256_first(cli, kit, tmp_path):
     (("--lora-dir", "{loras}", "--prompt-extra", "<lora:sdxl-styel:1>"), "did you mean 'sdxl-style'"),
     (("--lora-dir", "{loras}", "--prompt-extra", "<hypernet:x:1>"), "<lora:NAME:SCALE> tags only"),
     (("--lora-scale", "0.5"), "--lora-scale needs a LoRA"),
+    (("--lora-dir", "{loras}", "--prompt-extra", "<lora:sdxl-style:abc>"), "is not a number"),
+    (("--prompt-extra", "(red:1.2.3)"), "the prompt: prompt weight"),
     (("--lora", "{loras}/sdxl-style.safetensors:abc"), "no such file"),
 ])
 def test_bad_lora_input_is_one_line_before_loading(cli, kit, no_weights, args, message):

@@ -96,7 +96,11 @@ def _from_tags(prompt: str, explicit: list[tuple[str, float | None]], given: dic
     """(source, scale, name) for each <lora:> tag; a tag naming a --lora file's stem is that file."""
     stems = {Path(source).stem.lower(): i for i, (source, _) in enumerate(explicit)}
     found, seen = [], set()
-    for tag_name, scale in lora_tags(prompt):
+    try:
+        tags = lora_tags(prompt)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    for tag_name, scale in tags:
         where = f"<lora:{tag_name}>"
         if tag_name.lower() in seen:
             raise UsageError(f"{where}: named twice in the prompt; keep one tag")
