@@ -219,3 +219,14 @@ def test_embeddings_by_flag_and_by_name_in_the_prompt(cli, kit, tmp_path):
     assert cli("reproduce", png, "--verify", "-o", tmp_path / "v").code == 0
     wrong = cli("txt2img", "a", "--model", models["sdxl"], "--embedding", root / "embeddings" / "tinycat.safetensors")
     assert wrong.code == 2 and "clip_g and clip_l" in wrong.err
+
+
+def test_a_kohya_sd3_lora_is_refused_with_the_reason(cli, kit, no_weights, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    path = tmp_path / "sd3-kohya.safetensors"
+    save_file({"lora_unet_joint_blocks_0_x_block_attn_qkv.lora_down.weight": torch.zeros(4, 8),
+               "lora_unet_joint_blocks_0_x_block_attn_qkv.alpha": torch.tensor(4.0)}, str(path))
+    result = cli("txt2img", "a fox", "--model", kit["models"]["sd3"], "--lora", path)
+    assert result.code == 2 and "diffusers does not convert" in result.err

@@ -6,6 +6,7 @@ never fused, so unloading leaves the base weights bit-identical."""
 from __future__ import annotations
 
 import contextlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,8 @@ def _check_fit(keys: dict, family, where: str) -> None:
     """The header must show a LoRA of the request's family (tensor names, in a layout diffusers converts)."""
     if family.lora_fits(keys):
         return
+    if family.lora_unread and any(re.match(family.lora_unread[0], k) for k in keys):
+        raise UsageError(f"{where}: {family.lora_unread[1]}")
     if family.lora_keys is None:
         raise UsageError(f"{where}: {family.name} models take no LoRA in diffusers")
     others = [f.label for f in FAMILIES.values() if f is not family and f.lora_fits(keys)]
@@ -83,8 +86,6 @@ def _check_fit(keys: dict, family, where: str) -> None:
 
 def _check_widths(keys: dict, widths: tuple, where: str) -> None:
     """Layers the model's configs fix the input width of must take that width in the LoRA too."""
-    import re
-
     for pattern, width in widths:
         for key, shape in keys.items():
             if re.match(pattern, key) and len(shape) == 2 and shape[1] != width:

@@ -45,6 +45,7 @@ class Family:
     # LoRA file tensor names: a regex some key must match (None: no LoRA support), and one no key may match.
     lora_keys: str | None = None
     lora_not: str | None = None
+    lora_unread: tuple[str, str] | None = None  # (regex, why): a layout of its LoRAs diffusers does not convert
     # Textual-inversion files: their tensor key -> the (tokenizer, text encoder) attributes it loads into; "" is the
     # whole file (one encoder); {} where diffusers' pipelines of the family load none.
     embedding_keys: dict[str, tuple[str, str]] = {}

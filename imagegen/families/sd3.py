@@ -28,6 +28,9 @@ class SD3(Family):
     ip_adapter_images = 1  # SD3's pipelines encode one reference image (a second breaks its batch shapes)
     # diffusers reads SD3 LoRAs in its own (peft) layout only: kohya's and SAI's joint_blocks files load nothing
     lora_keys = r"(transformer|text_encoder|text_encoder_2)\."
+    lora_unread = (r"(lora_unet_|diffusion_model\.|model\.diffusion_model\.)joint_blocks",
+                   "kohya's or SAI's SD3 layout, which diffusers does not convert (it reads SD3 LoRAs saved by its own "
+                   "save_lora_weights or peft)")
     lora_not = r"unet\.|lora_unet_(down|up|input|output|double|single)_block|.*single_transformer_blocks|" \
                r"(diffusion_model\.)?(double|single)_blocks"
     weighted_encoders = (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"))
