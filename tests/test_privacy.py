@@ -248,7 +248,7 @@ HOSTILE = [
 ]
 
 
-@pytest.mark.parametrize("key, value, message", HOSTILE, ids=[f"{k}={v!r}"[:40] for k, v, _ in HOSTILE])
+@pytest.mark.parametrize("key, value, message", HOSTILE, ids=[f"{k}={'<dropped>' if v is _DROP else repr(v)}"[:40] for k, v, _ in HOSTILE])
 def test_hostile_sidecar_edits_are_one_line(cli, no_loading, demo_image, tmp_path, key, value, message):
     record, png = demo_image
     sidecar = tmp_path / "edited.json"
