@@ -14,8 +14,8 @@ from ..errors import RunError, UsageError
 from ..fields import names
 from ..hashes import file_sha256
 from .base import Adapter, ResolveContext
-from .lora import quiet_loading
-from .networks import NetworkField, embedding_dirs, listing, locate, read_header, refuse_pickle, source_of
+from .networks import (NetworkField, embedding_dirs, first_line, listing, locate, quiet_loading, read_header,
+                       refuse_pickle, source_of)
 
 A1111_KEYS = ("emb_params", "string_to_param")  # A1111's single-encoder layouts
 
@@ -126,9 +126,8 @@ class Embedding(Adapter):
                                                     text_encoder=getattr(pipe, encoder))
             except Exception as exc:
                 self.remove(pipe, loaded)
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-                raise RunError(f"--embedding {Path(item.path).name}: cannot be loaded into this model ({first})") \
-                    from exc
+                raise RunError(f"--embedding {Path(item.path).name}: cannot be loaded into this model "
+                               f"({first_line(exc)})") from exc
 
     def remove(self, pipe, loaded) -> None:
         for tokenizer, encoder in loaded.family.embedding_keys.values():

@@ -17,7 +17,8 @@ from ..fields import Field, name, names, number
 from ..hashes import file_sha256, tensors_sha256
 from ..prompts import extract_tags, lora_tags
 from .base import Adapter, ResolveContext
-from .networks import NetworkField, find_named, locate, lora_dirs, read_header, source_of, split_scale
+from .networks import (NetworkField, find_named, first_line, locate, lora_dirs, quiet_loading, read_header,
+                       source_of, split_scale)
 
 TAG_KINDS = ("lora", "lyco")  # A1111 reads <lyco:...> as a LoRA too
 
@@ -164,7 +165,7 @@ class Lora(Adapter):
                 problem = None if any(_adapter(index) in names for names in pipe.get_list_adapters().values()) \
                     else "no tensor in it matched a layer of this model"
             except Exception as exc:
-                problem = _first_line(exc)
+                problem = first_line(exc)
             if problem:
                 with contextlib.suppress(Exception):
                     pipe.unload_lora_weights()
@@ -214,47 +215,3 @@ def _check_tags(given: dict) -> None:
 def _record(spec: LoraSpec) -> dict:
     return {"loras": [{"name": i.name, "model": dict(i.model), "scale": i.scale, "from": i.origin, "sha256": i.sha256,
                        "autov3": i.autov3} for i in spec.items]}
-
-
-def _first_line(exc: Exception) -> str:
-    import textwrap
-
-    text = str(exc).strip().splitlines()
-    return textwrap.shorten(text[0] if text else type(exc).__name__, 300, placeholder=" ...")
-
-
-@contextlib.contextmanager
-def quiet_loading():
-    """What loading a LoRA or an embedding prints, silenced: transformers' load-report tables (peft integration),
-    diffusers' note on text encoders a LoRA has no weights for, peft's re-adapter warning, and the per-encoder
-    progress bars. transformers.modeling_utils keeps its level (a raised one makes it print sharding notes), and
-    diffusers.loaders.peft too: its warning is how a LoRA that matched nothing shows (checked after loading)."""
-    import logging
-    import warnings
-
-    from transformers.utils import logging as hf_logging
-
-    names = ("transformers.integrations.peft", "diffusers.loaders.lora_base", "diffusers.loaders.peft",
-             "diffusers.loaders.textual_inversion")
-    levels = {n: logging.getLogger(n).level for n in names}
-    for n in names:
-        logging.getLogger(n).setLevel(logging.ERROR)
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    resizing = logging.getLogger("transformers.modeling_utils")
-    resizing.addFilter(_not_resize_note)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for n, level in levels.items():
-            logging.getLogger(n).setLevel(level)
-        resizing.removeFilter(_not_resize_note)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
-def _not_resize_note(record) -> bool:
-    """transformers' note on how an embedding's new token rows are initialised (diffusers overwrites them)."""
-    return "mean_resizing" not in record.getMessage()

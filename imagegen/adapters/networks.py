@@ -4,6 +4,7 @@ loading a tensor."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -154,3 +155,48 @@ def find_named(name: str, dirs: list[Path], what: str, where: str) -> Path:
     known = sorted({Path(f).stem for d in searched for files in listing(d).values() for f in files})
     raise UsageError(f"{where}: no {what} named {name!r} in {', '.join(str(d) for d in searched)}"
                      f"{closest(name, known)}")
+
+
+def first_line(exc: Exception) -> str:
+    """An exception's first line, shortened: what a one-line load error quotes."""
+    import textwrap
+
+    text = str(exc).strip().splitlines()
+    return textwrap.shorten(text[0] if text else type(exc).__name__, 300, placeholder=" ...")
+
+
+@contextlib.contextmanager
+def quiet_loading():
+    """What loading a LoRA or an embedding prints, silenced: transformers' load-report tables (peft integration),
+    diffusers' note on text encoders a LoRA has no weights for, peft's re-adapter warning, and the per-encoder
+    progress bars. transformers.modeling_utils keeps its level (a raised one makes it print sharding notes), and
+    diffusers.loaders.peft too: its warning is how a LoRA that matched nothing shows (checked after loading)."""
+    import logging
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    names = ("transformers.integrations.peft", "diffusers.loaders.lora_base", "diffusers.loaders.peft",
+             "diffusers.loaders.textual_inversion")
+    levels = {n: logging.getLogger(n).level for n in names}
+    for n in names:
+        logging.getLogger(n).setLevel(logging.ERROR)
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    resizing = logging.getLogger("transformers.modeling_utils")
+    resizing.addFilter(_not_resize_note)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for n, level in levels.items():
+            logging.getLogger(n).setLevel(level)
+        resizing.removeFilter(_not_resize_note)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _not_resize_note(record) -> bool:
+    """transformers' note on how an embedding's new token rows are initialised (diffusers overwrites them)."""
+    return "mean_resizing" not in record.getMessage()
