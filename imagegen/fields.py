@@ -212,6 +212,11 @@ def _recorded_syntax(record: dict) -> str:
     return record.get("prompt_syntax") or "plain"  # records from before prompt syntax passed prompts literally
 
 
+def _recorded_config(record: dict) -> str | None:
+    config = (record.get("model") or {}).get("config")
+    return config.get("id") if isinstance(config, dict) else None
+
+
 def _one(value: Any) -> int:
     return 1  # a replayed record is one image
 
@@ -252,6 +257,10 @@ CORE_FIELDS: tuple[Field, ...] = (
           hashed=("revision",), call=("revision",), panel=MODEL),
     Field("variant", name, (str,), "Weight variant, e.g. fp16.", replay="model.variant", hashed=("variant",),
           call=("variant",), panel=MODEL),
+    Field("config", name, (str,), "The architecture of a single-file --model: a diffusers folder or hub repo of the "
+          "same model (configs and tokenizers; the components the file lacks come from here when it holds them, else "
+          "from the preset's repo). Default: the base repo its tensors point to, cached or shipped with imagegen.",
+          replay=_recorded_config, hashed=("config",), call=("config",), metavar="DIR_OR_REPO", panel=MODEL),
     Field("dtype", parse_dtype, (str,), "auto (fp16/bf16 on GPU, fp32 on CPU), float16, bfloat16, float32.",
           line=False, replay="runtime.dtype", call=("dtype",), panel=MODEL),
     Field("device", parse_device, (str,), "auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps.", line=False,

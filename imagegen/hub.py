@@ -13,6 +13,8 @@ from .errors import RunError, UsageError
 from .paths import MB, read_regular
 
 BUILTIN = "builtin:"
+# Weight files --model may name (imagegen.checkpoints loads the first two and explains the others).
+FILE_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin", ".gguf")
 _SHA = re.compile(r"[0-9a-f]{40}")
 
 
@@ -22,8 +24,15 @@ def builtin_models() -> dict[str, Path]:
 
 
 def is_local(model: str) -> bool:
-    """A folder (or built-in model) rather than a hub repo id."""
-    return model.startswith((".", "/", "~", BUILTIN)) or os.path.isdir(os.path.expanduser(model))
+    """A folder, file (or built-in model) rather than a hub repo id."""
+    return (model.startswith((".", "/", "~", BUILTIN)) or os.path.exists(os.path.expanduser(model))
+            or model.lower().endswith(FILE_SUFFIXES))
+
+
+def is_file(model: str) -> bool:
+    """A single weights file (a checkpoint) rather than a folder, built-in model or repo id."""
+    return is_local(model) and not model.startswith(BUILTIN) and (
+        os.path.isfile(os.path.expanduser(model)) or model.lower().endswith(FILE_SUFFIXES))
 
 
 def local_path(model: str) -> Path:

@@ -7,7 +7,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import RunError, UsageError
+from .checkpoints.load import load_checkpoint
+from .errors import ImagegenError, RunError, UsageError
 from .hub import is_local, load_error, local_path, resolved_revision
 
 
@@ -62,9 +63,10 @@ _LOADED: dict[tuple, LoadedModel] = {}
 
 
 def load_model(model: str, *, family, revision: str | None, variant: str | None, dtype: str,
-               device: str) -> LoadedModel:
-    """Load (or reuse) a pipeline with safetensors only, no remote code, and `dtype=`; errors become one line."""
-    key = (model, family.name, revision, variant, dtype, device)
+               device: str, config_folder: str | None = None, base: tuple | None = None) -> LoadedModel:
+    """Load (or reuse) a pipeline with safetensors only, no remote code, and `dtype=`; errors become one line. A
+    single-file model loads through diffusers' from_single_file with `config_folder` (imagegen.checkpoints)."""
+    key = (model, family.name, revision, variant, dtype, device, config_folder, base)
     if key in _LOADED:
         return _LOADED[key]
     _LOADED.clear()  # one pipeline at a time: a second model would double the memory
@@ -75,8 +77,13 @@ def load_model(model: str, *, family, revision: str | None, variant: str | None,
     cls = getattr(diffusers, family.pipeline_class())
     path = str(local_path(model)) if is_local(model) else model
     try:
-        pipe = cls.from_pretrained(path, revision=revision, variant=variant, dtype=getattr(torch, dtype),
-                                   use_safetensors=True, **family.load_kwargs)
+        if config_folder is not None:
+            pipe = load_checkpoint(cls, path, config=config_folder, family=family, base=base, dtype=dtype)
+        else:
+            pipe = cls.from_pretrained(path, revision=revision, variant=variant, dtype=getattr(torch, dtype),
+                                       use_safetensors=True, **family.load_kwargs)
+    except ImagegenError:
+        raise
     except Exception as exc:  # diffusers wraps hub errors in OSError/ValueError: explain the cause in one line
         raise load_error(model, revision, exc) from exc
     try:

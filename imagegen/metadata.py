@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import re
 from pathlib import Path
 
 from .adapters import ADAPTERS
 from .errors import UsageError
+from .hub import FILE_SUFFIXES, resolved_revision
 from .inputs import read_image
 from .paths import MB, read_regular
 from .readback import SCHEMA, check_record, sidecar_image_name
@@ -71,6 +73,7 @@ def build_record(req, loaded, *, seed: int, scheduler_config: dict, scheduler_cl
             "family": loaded.family.name,
             "pipeline_class": loaded.pipeline_class,
             "preset": req.preset,
+            **_single_file(req),
         },
         "runtime": {"dtype": loaded.dtype, "device": loaded.device, "rng": "cpu"},
         **{name: spec.record for name, spec in req.adapters},  # computed once, when the request was resolved
@@ -78,6 +81,17 @@ def build_record(req, loaded, *, seed: int, scheduler_config: dict, scheduler_cl
         "versions": lib_versions,
         "timings": timings,
     }
+
+
+def _single_file(req) -> dict:
+    """A single-file model's architecture source, and the repo that lent the components it lacks."""
+    if req.config is None:
+        return {}
+    out: dict = {"config": {"id": req.config}}
+    if req.base is not None:
+        repo, revision, variant = req.base
+        out["base"] = {"id": repo, "revision": resolved_revision(repo, revision), "variant": variant}
+    return out
 
 
 def _a1111_value(value) -> str:
@@ -116,10 +130,12 @@ def a1111_parameters(record: dict) -> str:
 
 
 def _model_name(ident: str) -> str:
-    """A1111's `Model:` is a name, never a path: a local folder's last component, a hub repo id as it is."""
+    """A1111's `Model:` is a name, never a path: a local folder's last component, a checkpoint's file name without
+    its extension (as A1111 1.6+ writes it), a hub repo id as it is."""
     if ident.startswith(("/", "~", ".")) or "\\" in ident:
-        return re.split(r"[\\/]", ident.rstrip("/\\"))[-1] or ident
-    return ident
+        ident = re.split(r"[\\/]", ident.rstrip("/\\"))[-1] or ident
+    stem, ext = os.path.splitext(ident)
+    return stem if stem and ext.lower() in FILE_SUFFIXES else ident
 
 
 def _split_scheduler(name: str) -> tuple[str, str, str | None]:

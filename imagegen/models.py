@@ -6,9 +6,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from .checkpoints import inspect_checkpoint, weights_format
+from .checkpoints.configs import is_folder, reader
 from .errors import UsageError
 from .families import FAMILIES, family_of_pipeline
-from .hub import BUILTIN, cached_file, is_local, local_path, read_json
+from .hub import BUILTIN, cached_file, is_file, is_local, local_path, read_json
 from .presets import preset_files
 
 
@@ -24,10 +26,18 @@ class ModelInfo:
     guidance_embeds: bool | None = None  # the denoiser takes --guidance (None: unknown, configs not readable)
     local: bool = False
     lora_widths: tuple = ()  # (regex of LoRA tensor names, the input width the model gives them), from its configs
+    checkpoint: Any = None  # imagegen.checkpoints.Checkpoint, for a single-file model
+    config: str | None = None  # where a single file's architecture comes from: --config, or a base repo
 
 
 def canonical_model(model: str) -> str:
     """A local folder as an absolute path (so a recipe replays from anywhere); a repo id or builtin: name as given."""
+    if is_file(model):
+        path = local_path(model)
+        if not path.is_file():
+            raise UsageError(f"--model {model}: no such file")
+        weights_format(str(path), "--model")
+        return str(path.resolve())
     if is_local(model):
         path = local_path(model)
         if not path.is_dir():
@@ -63,21 +73,53 @@ def _config_reader(model: str, revision: str | None):
 
 
 @lru_cache(maxsize=16)
-def inspect_model(model: str, revision: str | None = None) -> ModelInfo:
-    """Family and size rule from model_index.json and the component configs; no weights are read."""
+def inspect_model(model: str, revision: str | None = None, config: str | None = None) -> ModelInfo:
+    """Family and size rule from model_index.json and the component configs; no weights are read. A single file's
+    configs are `config`'s (--config, or the preset's repo), else those of the base repo its tensor names point to."""
+    if is_file(model):
+        return _inspect_file(model, config)
+    if config is not None:
+        raise UsageError(f"--config {config}: only a single-file checkpoint takes --config; {model} has its own "
+                         f"configs")
     read = _config_reader(model, revision)
     index = read("model_index.json")
     if index is None:
         if is_local(model):
             raise UsageError(f"--model {model}: its model_index.json is not a readable JSON object")
         return ModelInfo(model=model)
+    family = _family(index, f"--model {model}")
+    return _info(model, family, index, read, local=is_local(model))
+
+
+def _family(index: dict, where: str):
     pipeline_class = index.get("_class_name")
     family = family_of_pipeline(pipeline_class)
     if family is None:
         known = sorted({f.pipeline_class() for f in FAMILIES.values()})
-        raise UsageError(f"--model {model}: pipeline {pipeline_class!r} is not supported; imagegen runs "
-                         f"{', '.join(known)}")
+        raise UsageError(f"{where}: pipeline {pipeline_class!r} is not supported; imagegen runs {', '.join(known)}")
+    return family
+
+
+def _info(model: str, family, index: dict, read, **extra) -> ModelInfo:
     multiple, max_side = family.size_rule(read)
-    return ModelInfo(model=model, family=family, pipeline_class=pipeline_class, multiple=multiple,
-                     max_side=max_side, guidance_embeds=family.guidance_embedded(read), local=is_local(model),
-                     lora_widths=family.lora_widths(read))
+    return ModelInfo(model=model, family=family, pipeline_class=index.get("_class_name"), multiple=multiple,
+                     max_side=max_side, guidance_embeds=family.guidance_embedded(read),
+                     lora_widths=family.lora_widths(read), **extra)
+
+
+def _inspect_file(model: str, config: str | None) -> ModelInfo:
+    """A single-file checkpoint: its family from --config (or the preset) when given, else from its header."""
+    family = None
+    if config is not None:
+        index = reader(config)("model_index.json")
+        if index is None:
+            where = "--config" if is_folder(config) else "--config/--preset"
+            raise UsageError(f"{where} {config}: no readable model_index.json (not a diffusers folder, or a repo "
+                             f"neither cached nor shipped with imagegen); give the diffusers folder or repo of the "
+                             f"checkpoint's architecture")
+        family = _family(index, f"--config {config}")
+    checkpoint = inspect_checkpoint(model, family=family)
+    source = config or checkpoint.kind.repo
+    read = reader(source)
+    index = read("model_index.json") or {}
+    return _info(model, checkpoint.family, index, read, local=True, checkpoint=checkpoint, config=source)

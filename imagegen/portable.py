@@ -42,6 +42,8 @@ def weights_entry(model: dict, mode: str) -> dict:
     if not path.exists():
         return model
     entry = {**model, "local": True, "sha256": weights_sha256(path)}
+    if path.is_file():
+        entry["size"] = path.stat().st_size
     if mode != "full":
         entry["id"] = path.name
     return entry
@@ -52,7 +54,10 @@ def map_record(record: dict, image: Callable[[str], str], weights: Callable[[dic
     `weights(model, flag)` (the flag that names it on the command line)."""
     out = dict(record)
     if isinstance(record.get("model"), dict):
-        out["model"] = weights(record["model"], "--model")
+        model = weights(record["model"], "--model")
+        if isinstance(model.get("config"), dict):  # a single file's architecture: a folder or repo
+            model = {**model, "config": weights(model["config"], "--config")}
+        out["model"] = model
     for adapter in ADAPTERS:
         if record.get(adapter.name):
             out[adapter.name] = adapter.map_paths(record[adapter.name], image, weights)

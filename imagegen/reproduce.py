@@ -20,8 +20,8 @@ from .resolve import resolve
 
 # What --verify lets a replay change: where and how it is written, and weights that prove by sha256 to be the same.
 VERIFY_KEEPS = frozenset({"out", "name", "metadata", "device"})
-WEIGHT_FLAGS = {"--model": "model", "--controlnet-model": "controlnet_model", "--ip-adapter-model": "ip_adapter_model",
-                "--image-encoder": "image_encoder", "--lora": "lora", "--embedding": "embedding"}
+WEIGHT_FLAGS = {"--model": "model", "--config": "config", "--controlnet-model": "controlnet_model", "--ip-adapter-model": "ip_adapter_model",
+                "--image-encoder": "image_encoder", "--lora": "lora", "--embedding": "embedding", "--vae": "vae"}
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,7 @@ def _locate_weights(record: dict, overrides: Request, source: Path) -> dict:
             return model
         found = find_weights(model.get("sha256"))
         if found is None:
-            raise UsageError(f"{source}: the recorded {flag[2:]} {ident!r} is a local folder not found on this "
+            raise UsageError(f"{source}: the recorded {flag[2:]} {ident!r} is local weights not found on this "
                              f"machine (sha256 {(model.get('sha256') or '')[:10]}); pass {flag} PATH (its sha256 is "
                              f"checked)")
         return {**model, "id": str(found)}
@@ -139,7 +139,7 @@ def _locate_weights(record: dict, overrides: Request, source: Path) -> dict:
 def _check_weights(record: dict, req, verify: bool, overrides: Request, progress) -> None:
     """Weights named again (--model PATH for a moved folder) must be the recorded ones: their sha256 proves it."""
     now = {name: spec.record for name, spec in req.adapters}
-    now["model"] = {"id": req.model}
+    now["model"] = {"id": req.model, **({"config": {"id": req.config}} if req.config else {})}
     current = weights_of(map_record(now, lambda p: p, lambda model, _flag: weights_entry(model, "full")))
     recorded = weights_of(record)
     for (flag, then), (_, model) in zip(recorded, current):

@@ -101,6 +101,11 @@ class ResolvedRequest:
     adapters: tuple[tuple[str, Any], ...] = ()  # (adapter name, its resolved spec), in registry order
     pipeline_variant: str | None = None  # the preset's pipeline variant for the mode ("fill"), if any
     prompt_syntax: str = "a1111"  # how the prompt is read (imagegen.prompts): "a1111" or "plain"
+    # A single-file model: where its architecture comes from (--config, or the base repo), the complete local folder
+    # of configs and tokenizers made from it, and the (repo, revision, variant) lending the components it lacks.
+    config: str | None = None
+    config_folder: str | None = None
+    base: tuple | None = None
 
     @property
     def seeds(self) -> list[int]:

@@ -7,9 +7,10 @@ import secrets
 
 from .adapters import ADAPTERS, ResolveContext
 from .canvas import round_to
+from .checkpoints.configs import config_folder, reader
 from .errors import RunError, UsageError
 from .families import FAMILIES
-from .hub import not_cached_message
+from .hub import is_file, not_cached_message
 from .loading import pipeline_parameters
 from .models import canonical_model, inspect_model
 from .modes import mode_for
@@ -57,7 +58,7 @@ def resolve(flags: Request, replay: Request | None = None, line: Request | None 
     if merged.get("prompt") is None:
         raise UsageError("a prompt is required")
 
-    info = inspect_model(merged["model"], merged.get("revision"))
+    info = inspect_model(merged["model"], merged.get("revision"), _config(merged, top, preset))
     family = preset.family
     if info.family and info.family is not family:
         raise UsageError(
@@ -90,7 +91,37 @@ def resolve(flags: Request, replay: Request | None = None, line: Request | None 
         dtype=merged["dtype"], device=merged["device"], out=merged["out"], name=merged["name"],
         metadata=merged["metadata"], mode=run_mode, multiple=multiple, gpu_dtype=preset.dtype, notes=tuple(notes),
         adapters=adapters, pipeline_variant=variant, prompt_syntax=merged["prompt_syntax"],
+        **_single_file(info, preset),
     )
+
+
+def _config(merged: dict, top: dict, preset) -> str | None:
+    """Where a single file's architecture comes from: --config; else a named preset's repo when its configs can be
+    read (cached or shipped); else (None) the base repo its tensor names point to."""
+    if "config" in top or not is_file(merged["model"]):
+        return top.get("config")
+    if "preset" in top and reader(preset.model)("model_index.json") is not None:
+        return preset.model
+    return None
+
+
+def _single_file(info, preset) -> dict:
+    """A single file's config source, the local folder made from it (refused here, before weights, when its configs
+    or tokenizers are missing), and where the components it lacks come from."""
+    if info.checkpoint is None:
+        return {}
+    folder = config_folder(info.config, flag=f"--model {info.checkpoint.path.name}", preset=preset.name)
+    lacks = set(_modules_needed(folder, preset.family)) - set(info.checkpoint.components)
+    base = (preset.model, preset.revision, preset.variant) if lacks else None
+    return {"config": info.config, "config_folder": folder, "base": base}
+
+
+def _modules_needed(folder: str, family) -> list[str]:
+    """The weight-holding components of a config folder's pipeline (not tokenizers, schedulers or processors)."""
+    index = reader(folder)("model_index.json") or {}
+    light = ("Tokenizer", "Scheduler", "Processor", "FeatureExtractor")
+    return [name for name, spec in index.items() if isinstance(spec, list) and len(spec) == 2 and spec[1]
+            and not any(word in spec[1] for word in light) and name not in family.load_kwargs]
 
 
 def _check_syntax(merged: dict) -> None:
@@ -165,9 +196,11 @@ def _preset(top: dict):
     if "preset" in top:
         return load_preset(top["preset"])
     if model:
-        info = inspect_model(model, top.get("revision"))
+        info = inspect_model(model, top.get("revision"), top.get("config"))
         if info.family is None:
             raise RunError(not_cached_message(model, top.get("revision")) + " (or name its --preset)")
+        if info.checkpoint is not None:
+            return load_preset(info.checkpoint.kind.preset)
         return _family_preset(info.family, model, info.pipeline_class)
     return load_preset(DEFAULT_PRESET)
 

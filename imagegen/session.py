@@ -81,7 +81,7 @@ class Session:
         device, dtype = self.placement(req)
         with progress.loading(req.model):
             self.loaded = load_model(req.model, family=req.family, revision=req.revision, variant=req.variant,
-                                     dtype=dtype, device=device)
+                                     dtype=dtype, device=device, config_folder=req.config_folder, base=req.base)
             self.pipe = pipeline_for(self.loaded, req)  # the adapters' weights load here
         if compile and not self.loaded.compiled:
             _compile(self.loaded)

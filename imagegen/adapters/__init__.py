@@ -11,6 +11,7 @@ from .hires import Hires
 from .init_image import InitImage
 from .ip_adapter import IPAdapter
 from .lora import Lora
+from .vae import Vae
 
 ADAPTERS: tuple[Adapter, ...] = (
     InitImage(),
@@ -19,6 +20,7 @@ ADAPTERS: tuple[Adapter, ...] = (
     Lora(),
     Embedding(),
     Hires(),
+    Vae(),
 )
 
 __all__ = ["ADAPTERS", "Adapter", "ResolveContext"]

@@ -6,10 +6,26 @@ from __future__ import annotations
 import contextlib
 import math
 import re
+from dataclasses import dataclass
 from typing import Any, Callable
 
 CLASSIC_CFG = "classifier-free guidance; on when > 1, and the negative prompt acts through it"
 TEXT2IMAGE = "text2image"  # diffusers' task names (AUTO_TEXT2IMAGE_PIPELINES_MAPPING, ...)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One kind of single-file checkpoint of a family (its original layout, as civitai, A1111 and ComfyUI keep it),
+    told by the tensor names in its header."""
+
+    name: str  # how people call it: "SDXL base"
+    repo: str  # the diffusers repo whose configs describe its architecture
+    preset: str  # the preset it runs with when none is named
+    keys: tuple[str, ...]  # regexes: each matches some tensor name
+    absent: tuple[str, ...] = ()  # regexes no tensor name matches
+    # (regex, dimension, size): a tensor named so has that size there (checked where the file has such a tensor;
+    # only real-size files are told apart this way, a tiny fine-tune falls through to the family's last kind)
+    shapes: tuple[tuple[str, int, int], ...] = ()
 
 
 class Family:
@@ -57,6 +73,10 @@ class Family:
     # Encoders that read a fixed number of tokens: (label, tokenizer attribute, tokens read (None: a CLIP chunk, from
     # its tokenizer), chunked under a1111).
     token_limits: tuple[tuple[str, str, int | None, bool], ...] = (("CLIP", "tokenizer", None, True),)
+    # Single-file checkpoints (imagegen.checkpoints): the kinds, most specific first (the last one names only what
+    # every file of the family has), and the pipeline component -> a regex of the tensor names it holds there.
+    checkpoints: tuple[Checkpoint, ...] = ()
+    checkpoint_parts: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return f"<family {self.name}>"
@@ -171,6 +191,13 @@ class Family:
     def flow_solver_kwargs(self, native: dict, shift: float) -> dict:
         """What a multistep flow solver needs beyond the common flow flags to match the native scheduler."""
         return {}
+
+    # ---- single-file checkpoints
+
+    def convert_checkpoint(self, load: Callable[[], dict], read: Callable[[str], dict | None]) -> dict | None:
+        """The denoiser's tensors of a single-file checkpoint (`load()` reads them) in diffusers' layout, where
+        diffusers' own converter cannot convert them (None: it can, and does)."""
+        return None
 
     # ---- ControlNet
 

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import math
 
-from .base import Family
+from .base import Checkpoint, Family
+
+_DIT = r"^(model\.diffusion_model\.)?double_blocks\.\d+\.img_"  # BFL's release files, and ComfyUI's prefix
+# Chroma and FLUX.2 keep FLUX.1's block names but not its architecture
+_OTHERS = r"^(model\.diffusion_model\.)?(distilled_guidance_layer|double_stream_modulation_img)\."
+_GUIDED = r"^(model\.diffusion_model\.)?guidance_in\."  # dev's guidance embedding; schnell has none
+_IMG_IN = r"^(model\.diffusion_model\.)?img_in\.weight$"
+_DENOISER = r"^(model\.diffusion_model\.)?(double_blocks|single_blocks|img_in|txt_in|time_in|vector_in|guidance_in|final_layer)\."
 
 
 class Flux(Family):
@@ -41,6 +48,33 @@ class Flux(Family):
     lora_not = r"unet\.|text_encoder_2\.|lora_unet_(down|up|mid|input|output|middle)_block|.*joint_blocks"
     weighted_encoders = ()
     token_limits = (("CLIP (pooled)", "tokenizer", None, False), ("T5", "tokenizer_2", 511, False))
+    # Fill takes the masked image and mask in its input (384 channels); dev has a guidance embedding, schnell none.
+    checkpoints = (
+        Checkpoint("FLUX.1 Fill", "black-forest-labs/FLUX.1-Fill-dev", "flux-fill", (_DIT, _GUIDED),
+                   absent=(_OTHERS,), shapes=((_IMG_IN, 1, 384),)),
+        Checkpoint("FLUX.1 dev", "black-forest-labs/FLUX.1-dev", "flux-dev", (_DIT, _GUIDED), absent=(_OTHERS,)),
+        Checkpoint("FLUX.1 schnell", "black-forest-labs/FLUX.1-schnell", "flux-schnell", (_DIT,), absent=(_GUIDED, _OTHERS)),
+    )
+    checkpoint_parts = {"transformer": _DENOISER, "vae": r"^(vae|first_stage_model)\.",
+                        "text_encoder": r"^text_encoders\.clip_l\.", "text_encoder_2": r"^text_encoders\.t5xxl\."}
+
+    def convert_checkpoint(self, load, read) -> dict | None:
+        config = read("transformer/config.json") or {}
+        width = config.get("num_attention_heads", 24) * config.get("attention_head_dim", 128)
+        if width == 3072:
+            return None  # FLUX.1's own width, which diffusers' converter assumes
+        import types
+
+        from diffusers.loaders import single_file_utils
+
+        # diffusers' converter hard-codes FLUX.1's width (inner_dim = 3072) to split the fused qkv+mlp tensors, so a
+        # narrower model (a distilled or a test one) fails to split. Run diffusers' own converter with the model's
+        # width in place of that constant rather than keep a copy of it.
+        convert = single_file_utils.convert_flux_transformer_checkpoint_to_diffusers
+        code = convert.__code__
+        consts = tuple(width if type(c) is int and c == 3072 else c for c in code.co_consts)
+        patched = types.FunctionType(code.replace(co_consts=consts), convert.__globals__, convert.__name__)
+        return patched(load())
 
     def lora_widths(self, read) -> tuple[tuple[str, int], ...]:
         return self.transformer_lora_widths(read)

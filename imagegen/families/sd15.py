@@ -4,7 +4,10 @@ The safety checker is left out."""
 
 from __future__ import annotations
 
-from .base import Family
+from .base import Checkpoint, Family
+
+_UNET = r"^model\.diffusion_model\.(input_blocks|middle_block|output_blocks)\."
+_TO_K = r"^model\.diffusion_model\.input_blocks\.\d+\.1\.transformer_blocks\.0\.attn2\.to_k\.weight$"
 
 
 class SD15(Family):
@@ -30,6 +33,17 @@ class SD15(Family):
     embedding_keys = {"": ("tokenizer", "text_encoder")}
     lora_keys = r"(unet|text_encoder)\.|lora_te_|lora_unet_(down|mid|up)_block"
     lora_not = r"text_encoder_2\.|lora_te[12]_|lora_unet_(input|middle|output)_block|transformer\."
+    # SD 2.x carries OpenCLIP (cond_stage_model.model.) and a 1024-wide cross-attention; it is v-prediction at 768
+    # (the 512 "base" is epsilon: give it --config). A UNet-only file is told by the cross-attention width.
+    checkpoints = (
+        Checkpoint("SD 2.x", "stabilityai/stable-diffusion-2-1", "sd2", (r"^cond_stage_model\.model\.",)),
+        Checkpoint("SD 2.x", "stabilityai/stable-diffusion-2-1", "sd2", (_UNET,), absent=(r"^cond_stage_model\.",),
+                   shapes=((_TO_K, 1, 1024),)),
+        Checkpoint("SD 1.x", "stable-diffusion-v1-5/stable-diffusion-v1-5", "sd15", (_UNET,),
+                   absent=(r"^model\.diffusion_model\.label_emb\.", r"^conditioner\.", r"^cond_stage_model\.model\.")),
+    )
+    checkpoint_parts = {"unet": r"^model\.diffusion_model\.", "vae": r"^first_stage_model\.",
+                        "text_encoder": r"^cond_stage_model\."}
 
     def encode_prompt(self, pipe, prompt: str, negative: str, device: str) -> dict:
         import torch

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import contextlib
 
-from .base import Family
+from .base import Checkpoint, Family
+
+_MMDIT = r"^(model\.diffusion_model\.)?joint_blocks\.\d+\."
+_POS = r"^(model\.diffusion_model\.)?pos_embed$"
+_DENOISER = r"^(model\.diffusion_model\.)?(joint_blocks|pos_embed|x_embedder|t_embedder|y_embedder|context_embedder|final_layer)"
 
 
 class SD3(Family):
@@ -35,6 +39,19 @@ class SD3(Family):
                r"(diffusion_model\.)?(double|single)_blocks"
     weighted_encoders = (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"))
     clip_layer = "penultimate"
+    # 3.5 large has 38 joint blocks, 3.5 medium the dual attention (attn2) of MMDiT-X, 3 medium neither.
+    checkpoints = (
+        Checkpoint("SD3.5 large", "stabilityai/stable-diffusion-3.5-large", "sd3.5-large",
+                   (_MMDIT, r"^(model\.diffusion_model\.)?joint_blocks\.37\.")),
+        Checkpoint("SD3.5 medium", "stabilityai/stable-diffusion-3.5-medium", "sd3.5-medium",
+                   (_MMDIT, r"^(model\.diffusion_model\.)?joint_blocks\.\d+\.x_block\.attn2\.")),
+        Checkpoint("SD3.5 medium", "stabilityai/stable-diffusion-3.5-medium", "sd3.5-medium", (_MMDIT,),
+                   shapes=((_POS, 1, 384 * 384),)),  # its positional embedding covers 384x384 patches
+        Checkpoint("SD3 medium", "stabilityai/stable-diffusion-3-medium-diffusers", "sd3", (_MMDIT,)),
+    )
+    checkpoint_parts = {"transformer": _DENOISER, "vae": r"^first_stage_model\.",
+                        "text_encoder": r"^text_encoders\.clip_l\.", "text_encoder_2": r"^text_encoders\.clip_g\.",
+                        "text_encoder_3": r"^text_encoders\.t5xxl\."}
     max_sequence_length = 256  # T5 tokens the pipeline reads (its call default)
     token_limits = (("CLIP", "tokenizer", None, True), ("T5", "tokenizer_3", max_sequence_length - 1, False))
 

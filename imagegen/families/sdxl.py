@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from .base import Family
+from .base import Checkpoint, Family
+
+_UNET = r"^model\.diffusion_model\.label_emb\.0\.0\.weight$"  # the size and crop embedding only SDXL has
+_SDXL = r"^(model\.diffusion_model\.label_emb\.|conditioner\.embedders\.)"
+_BASE, _REFINER = "stabilityai/stable-diffusion-xl-base-1.0", "stabilityai/stable-diffusion-xl-refiner-1.0"
 
 
 class SDXL(Family):
@@ -30,6 +34,17 @@ class SDXL(Family):
     lora_not = r"lora_te_|transformer\.|lora_unet_(double|single|joint)_blocks"
     weighted_encoders = (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"))
     clip_layer = "penultimate"
+    # The base conditions on CLIP-L (embedders.0, HF layout) and OpenCLIP bigG (embedders.1); the refiner on bigG
+    # alone (embedders.0, OpenCLIP layout). A UNet-only file is told by its size-embedding width (2816 / 2560).
+    checkpoints = (
+        Checkpoint("SDXL refiner", _REFINER, "sdxl", (r"^conditioner\.embedders\.0\.model\.",),
+                   absent=(r"^conditioner\.embedders\.1\.",)),
+        Checkpoint("SDXL refiner", _REFINER, "sdxl", (_UNET,), absent=(r"^conditioner\.",), shapes=((_UNET, 1, 2560),)),
+        Checkpoint("SDXL base", _BASE, "sdxl", (_SDXL,)),
+    )
+    checkpoint_parts = {"unet": r"^model\.diffusion_model\.", "vae": r"^first_stage_model\.",
+                        "text_encoder": r"^conditioner\.embedders\.0\.transformer\.",
+                        "text_encoder_2": r"^conditioner\.embedders\.(1|0)\.model\."}
 
     def weighted_embeddings(self, pipe, encoded: list, plain: str, plain_negative: str, *,
                             negative_empty: bool) -> dict:
