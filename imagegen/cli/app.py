@@ -46,6 +46,14 @@ EXAMPLES = {
     "schedulers": ["imagegen schedulers --preset sd3", "imagegen schedulers --family flux --json"],
     "list": ["imagegen presets list", "imagegen presets list --json"],
     "show": ["imagegen presets show sdxl"],
+    # imagegen models (its `list` has its own, in cli/models.py: this `list` is the presets')
+    "pull": ["imagegen models pull sdxl   (safetensors only, fp16, the components the pipeline reads)",
+             "imagegen models pull sdxl --with-control --with-adapters",
+             "imagegen models pull stabilityai/stable-diffusion-xl-base-1.0 --configs-only   (for single-file "
+             "checkpoints offline)"],
+    "verify": ["imagegen models verify", "imagegen models verify sdxl"],
+    "rm": ["imagegen models rm sd3 --yes", "imagegen models rm stabilityai/stable-diffusion-3-medium-diffusers@main"],
+    "info": ["imagegen models info sdxl", "imagegen models info ~/models/juggernaut.safetensors --json"],
 }
 
 
