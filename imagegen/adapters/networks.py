@@ -5,12 +5,12 @@ loading a tensor."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 from pathlib import Path
 from typing import Any
 
+from ..checkpoints import read_header as checkpoint_header
 from ..errors import RunError, UsageError, closest
 from ..fields import Field
 from ..hub import cached_file, split_revision
@@ -66,17 +66,7 @@ def refuse_pickle(path: str, flag: str) -> None:
 
 def read_header(path: Path, flag: str) -> dict[str, list[int]]:
     """Tensor name -> shape, from the file's JSON header alone (no tensor is read)."""
-    try:
-        with open(path, "rb") as f:
-            size = int.from_bytes(f.read(8), "little")
-            if not 2 <= size <= 100 * 2**20:
-                raise ValueError("header size out of range")
-            header = json.loads(f.read(size))
-    except (OSError, ValueError, RecursionError) as exc:
-        raise UsageError(f"{flag} {path}: not a readable .safetensors file ({exc})") from None
-    if not isinstance(header, dict):
-        raise UsageError(f"{flag} {path}: not a readable .safetensors file (its header is not an object)")
-    return {k: v.get("shape", []) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
+    return {name: list(shape) for name, (_, shape) in checkpoint_header(path, flag).tensors.items()}
 
 
 def locate(source: str, flag: str) -> tuple[Path, dict]:
