@@ -299,6 +299,39 @@ def test_verify_passes_then_names_a_flipped_byte(cli):
         "unet/diffusion_pytorch_model.fp16.safetensors", "unet/config.json"}
 
 
+def test_a_hand_built_cache_lists_and_verifies(cli, cache):
+    """A cache laid out by hand (blobs named by sha256, git blob sha1 or plain sha1), not by the client."""
+    import hashlib
+    import os
+
+    repo, commit = cache / "models--acme--hand" / "snapshots", "c0ffee" * 6 + "c0ff"
+    files = {"model_index.json": b'{"_class_name": "StableDiffusionXLPipeline"}', "unet/config.json": b"{}",
+             "unet/diffusion_pytorch_model.safetensors": weights(8)}
+    names = {"model_index.json": hashlib.sha1(b"blob %d\0%s" % (len(files["model_index.json"]),
+                                                                files["model_index.json"])).hexdigest(),
+             "unet/config.json": hashlib.sha1(b"{}").hexdigest(),
+             "unet/diffusion_pytorch_model.safetensors": hashlib.sha256(files["unet/diffusion_pytorch_model.safetensors"]).hexdigest()}
+    (repo.parent / "blobs").mkdir(parents=True)
+    (repo.parent / "refs").mkdir()
+    (repo.parent / "refs" / "main").write_text(commit)
+    for path, data in files.items():
+        (repo.parent / "blobs" / names[path]).write_bytes(data)
+        link = repo / commit / path
+        link.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(os.path.relpath(repo.parent / "blobs" / names[path], link.parent), link)
+    entry = next(r for r in listing(cli)["repos"] if r["repo"] == "acme/hand")
+    assert entry["size"] == sum(map(len, files.values())) and entry["revisions"][0]["commit"] == commit
+    assert cli("models", "verify", "acme/hand", "-q").code == 0
+    blob = repo.parent / "blobs" / names["unet/diffusion_pytorch_model.safetensors"]
+    data = bytearray(blob.read_bytes())
+    data[-1] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    result = cli("models", "verify", "-q", "--json")
+    assert result.code == 1
+    broken = json.loads(result.out)["broken"]
+    assert [b["path"] for b in broken] == ["unet/diffusion_pytorch_model.safetensors"]
+
+
 # ---- rm
 
 

@@ -200,8 +200,9 @@ def verify(
                                      "broken": [vars(b) for b in report.broken],
                                      "problems": list(report.problems)}) + "\n")
     elif not report.broken and not report.problems:
-        sys.stdout.write(f"verified {report.files} files ({human_size(report.bytes)}) in {len(report.repos)} repos: "
-                         f"all match their hashes\n")
+        repos = len(report.repos)
+        sys.stdout.write(f"verified {report.files} files ({human_size(report.bytes)}) in {repos} "
+                         f"repo{'' if repos == 1 else 's'}: all match their hashes\n")
     if error := report.error():
         raise error
 
