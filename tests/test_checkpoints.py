@@ -272,3 +272,28 @@ def test_vae_refusals_are_one_line(cli, tmp_path, tiny_models):
     header_file(tmp_path / "lora.safetensors", ["lora_unet_down.lora_down.weight"])
     err = one_line_error(cli("txt2img", "a fox", "--model", tiny_models["sdxl"], "--vae", tmp_path / "lora.safetensors"))
     assert "not a VAE" in err
+
+
+@pytest.mark.slow
+def test_pull_configs_only_then_a_file_runs_offline(cli, files, tmp_path, monkeypatch):
+    """The offline promise end to end: `models pull sdxl --configs-only` from a (local) hub, then the checkpoint file
+    alone, offline, gives the folder's pixels."""
+    from huggingface_hub import constants
+
+    from hubserver import FakeHub
+
+    folder = files["folders"]["sdxl"]
+    repo = "stabilityai/stable-diffusion-xl-base-1.0"
+    served = {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    with FakeHub({repo: served}) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        pulled = cli("models", "pull", "sdxl", "--configs-only", "-q")
+        assert pulled.code == 0, pulled.err
+        fetched = hub.downloaded(repo)
+    assert fetched and not any(p.endswith(".safetensors") for p in fetched)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    want = generate(cli, "--model", folder)["pixels_sha256"]
+    assert generate(cli, "--model", files["files"]["sdxl"])["pixels_sha256"] == want
