@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
@@ -71,6 +72,7 @@ def _has_tokenizer(folder: Path) -> bool:
     return any(all((folder / f).is_file() for f in files) for files in TOKENIZER_FILES)
 
 
+@lru_cache(maxsize=32)  # a batch resolves every line: the cache is looked up once per run
 def config_folder(source: str, *, flag: str, preset: str) -> str:
     """A local folder holding every config and tokenizer `source` (--config, or a base repo) describes."""
     if is_folder(source):
