@@ -21,9 +21,12 @@ import pytest
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path, monkeypatch):
     """Each test gets its own IMAGEGEN_HOME (user presets) and runs in its own folder."""
+    from imagegen.checkpoints.configs import config_folder
+
     home = tmp_path / "imagegen-home"
     monkeypatch.setenv("IMAGEGEN_HOME", str(home))
     monkeypatch.chdir(tmp_path)
+    config_folder.cache_clear()  # found once per run; a test's HF cache and home are its own
     return home
 
 
