@@ -99,7 +99,14 @@ def test_config_is_refused_for_a_folder_model(cli, tiny_models):
     assert "single-file" in err
 
 
-def test_the_clip_vocabulary_of_a_kept_package_is_openais(tmp_path, monkeypatch):
+# Digests of openai/clip-vit-large-patch14's vocab.json (sorted keys) and merges.txt (without its version line), as
+# the hub's stable-diffusion-v1-5 tokenizer/ holds them (read from Forge's vendored copy, 2026-12): the files that
+# imagegen rebuilds from a kept package must equal them.
+OPENAI_VOCAB = "f3494b2b345fa180ca51ec80ab47d1bbb0218d60089264d5ee9bb0619af4a4b7"
+OPENAI_MERGES = "f61f2adf497e6f5357c347aeb4646fabe82f341e946de5bdec5d2858e41bef4a"
+
+
+def test_the_clip_vocabulary_of_a_kept_package_is_openais(tmp_path):
     """open_clip's (and OpenAI clip's) BPE file, turned into vocab.json and merges.txt as transformers reads them."""
     import importlib.util
 
@@ -107,7 +114,9 @@ def test_the_clip_vocabulary_of_a_kept_package_is_openais(tmp_path, monkeypatch)
         pytest.skip("neither open-clip-torch nor OpenAI's clip is installed (both pull torchvision)")
     assert clip_vocabulary(tmp_path)
     vocab = json.loads((tmp_path / "vocab.json").read_text(encoding="utf-8"))
-    assert len(vocab) == 49408 and vocab["<|endoftext|>"] == 49407
+    merges = (tmp_path / "merges.txt").read_text(encoding="utf-8").splitlines()[1:]
+    assert hashlib.sha256(json.dumps(vocab, sort_keys=True, ensure_ascii=False).encode()).hexdigest() == OPENAI_VOCAB
+    assert hashlib.sha256("\n".join(merges).encode()).hexdigest() == OPENAI_MERGES
     from transformers import CLIPTokenizer
 
     tokenizer = CLIPTokenizer.from_pretrained(tmp_path)

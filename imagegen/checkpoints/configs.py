@@ -149,12 +149,11 @@ def clip_vocabulary(folder: Path) -> bool:
     import gzip
     import importlib.util
 
-    for package, name in CLIP_BPE:
-        spec = importlib.util.find_spec(package)
-        origin = Path(spec.origin).parent / name if spec and spec.origin else None
-        if origin is not None and origin.is_file():
-            break
-    else:
+    found = [Path(folder) / name for package, name in CLIP_BPE
+             for spec in [importlib.util.find_spec(package)] if spec is not None  # found without importing it
+             for folder in spec.submodule_search_locations or ()]
+    origin = next((path for path in found if path.is_file()), None)
+    if origin is None:
         return False
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
