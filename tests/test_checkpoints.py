@@ -306,3 +306,19 @@ def test_pull_configs_only_then_a_file_runs_offline(cli, files, tmp_path, monkey
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     want = generate(cli, "--model", folder)["pixels_sha256"]
     assert generate(cli, "--model", files["files"]["sdxl"])["pixels_sha256"] == want
+
+
+@pytest.mark.slow
+def test_an_fp8_transformer_only_file_loads_in_the_runs_dtype(cli, files, tmp_path):
+    """ComfyUI users' flux1-dev-fp8 files: float8 tensors, cast to the run's dtype as they load."""
+    import torch
+
+    from imagegen.testing import write_checkpoint
+
+    folder = files["folders"]["flux"]
+    file = write_checkpoint(folder, tmp_path / "flux1-fp8.safetensors", parts=("transformer",), prefix="",
+                            dtype=torch.float8_e4m3fn)
+    found = inspect_checkpoint(file)
+    assert found.components["transformer"].dtypes == ("F8_E4M3",) and list(found.components) == ["transformer"]
+    image = generate(cli, "--model", file, "--config", folder)
+    assert image["pixels_sha256"] != generate(cli, "--model", folder)["pixels_sha256"]  # rounded weights
