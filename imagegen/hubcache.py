@@ -147,7 +147,7 @@ def cached_repo(name: str, scan: CacheScan) -> tuple[CachedRepo, str | None, Any
     repo, revision, preset = preset_or_repo(name)
     found = scan.get(repo)
     if found is None:
-        what = f"preset {preset.name!r}'s model {repo}" if preset is not None and "/" not in name else repo
+        what = f"{repo} (preset {preset.name})" if preset is not None and "/" not in name else repo
         raise UsageError(f"{what} is not in the Hugging Face cache ({scan.cache_dir}){closest(repo, ids)}; cached: "
                          f"{', '.join(ids) or 'nothing'}")
     return found, revision, preset

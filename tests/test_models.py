@@ -382,7 +382,7 @@ def test_rm_an_unknown_name_lists_the_cached_repos(cli):
 
 
 def test_info_reads_a_cached_repos_headers(cli):
-    one_line_error(cli("models", "info", "tiny"), 2, "preset 'tiny'", "test/tiny-pipe is not in the Hugging Face cache")
+    one_line_error(cli("models", "info", "tiny"), 2, "test/tiny-pipe (preset tiny) is not in the Hugging Face cache")
     assert cli("models", "pull", "tiny", "--with-control", "-q").code == 0
     data = json.loads(cli("models", "info", "tiny", "--json").out)
     assert (data["family"], data["kind"], data["preset"], data["source"]) == (
