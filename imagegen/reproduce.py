@@ -12,6 +12,7 @@ from .generate import GenerationResult, run
 from .inputs import read_image
 from .metadata import a1111_layer, a1111_only, read_record, record_to_request, recorded_inputs
 from .hashes import find_weights
+from .hub import FILE_SUFFIXES
 from .portable import for_replay, map_record, weights_entry, weights_of
 from .presets import preset_files
 from .progress import NullProgress, Progress
@@ -128,7 +129,8 @@ def _locate_weights(record: dict, overrides: Request, source: Path) -> dict:
             return model
         found = find_weights(model.get("sha256"))
         if found is None:
-            raise UsageError(f"{source}: the recorded {flag[2:]} {ident!r} is local weights not found on this "
+            kind = "file" if "size" in model or ident.lower().endswith(FILE_SUFFIXES) else "folder"
+            raise UsageError(f"{source}: the recorded {flag[2:]} {ident!r} is a local {kind} not found on this "
                              f"machine (sha256 {(model.get('sha256') or '')[:10]}); pass {flag} PATH (its sha256 is "
                              f"checked)")
         return {**model, "id": str(found)}
