@@ -119,6 +119,8 @@ def _inspect_file(model: str, config: str | None) -> ModelInfo:
                              f"checkpoint's architecture")
         family = _family(index, f"--config {config}")
     checkpoint = inspect_checkpoint(model, family=family)
+    if checkpoint.kind.unsupported:
+        raise UsageError(f"--model {checkpoint.path.name} ({checkpoint.kind.name}): {checkpoint.kind.unsupported}")
     source = config or checkpoint.kind.repo
     read = reader(source)
     index = read("model_index.json") or {}

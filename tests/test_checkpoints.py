@@ -94,6 +94,15 @@ def test_missing_tokenizers_offline_name_the_pull_command(cli, tmp_path):
     assert "imagegen models pull flux-dev --configs-only" in err and "--config" in err and "tokenizer_2" in err
 
 
+def test_an_sdxl_refiner_is_told_apart_and_refused_in_one_line(cli, tmp_path):
+    from imagegen.testing import meta_original_shapes, write_header_only
+
+    repo = "stabilityai/stable-diffusion-xl-refiner-1.0"
+    file = write_header_only(tmp_path / "refiner.safetensors", meta_original_shapes(SHIPPED / slug(repo), dtype="F16"))
+    err = one_line_error(cli("txt2img", "a fox", "--model", file))
+    assert "SDXL refiner" in err and "aesthetic score" in err
+
+
 def test_config_is_refused_for_a_folder_model(cli, tiny_models):
     err = one_line_error(cli("txt2img", "a fox", "--model", tiny_models["sdxl"], "--config", tiny_models["sdxl"]))
     assert "single-file" in err

@@ -174,8 +174,9 @@ def _inspect(path: str, size: int, mtime: int, flag: str, family_name: str | Non
     given = FAMILIES[family_name] if family_name else None
     if given is not None:
         if found and all(f is not given for f, _ in found):
-            raise UsageError(f"{flag} {path}: its tensors are a {found[0][1].name} checkpoint ({found[0][0].name}), "
-                             f"not {given.name}; leave out --config/--preset or pick a {found[0][0].name} one")
+            family, kind = found[0]
+            raise UsageError(f"{flag} {path}: its tensors make it {kind.name} (family {family.name}), not "
+                             f"{given.name}; leave out --config/--preset, or give {family.name} ones")
         kind = next((k for f, k in found if f is given), given.checkpoints[-1] if given.checkpoints else None)
         found = [(given, kind)]
     if len(found) != 1:

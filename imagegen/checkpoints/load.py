@@ -42,8 +42,8 @@ def load_checkpoint(cls, path: str, *, config: str, family, base: tuple | None, 
 
 
 def _mismatch(checkpoint, config: str, exc: Exception) -> UsageError:
-    return UsageError(f"--model {checkpoint.path.name}: does not load as a {checkpoint.family.label} checkpoint with "
-                      f"the architecture of {config} ({_first(exc)}); if it is another architecture (a fine-tune "
+    return UsageError(f"--model {checkpoint.path.name} ({checkpoint.kind.name}): does not load into the architecture "
+                      f"of {config} ({_first(exc)}); if it is another architecture (a fine-tune "
                       f"with changed shapes, a v-prediction or distilled variant), pass --config DIR_OR_REPO with its "
                       f"diffusers configs")
 
@@ -88,7 +88,7 @@ def _borrow(name: str, cls, config: str, base: tuple | None, torch_dtype, checkp
             except Exception as exc:  # not there (config folders hold no weights): try the next source
                 errors.append(exc)
     where = base[0] if base else config
-    raise RunError(f"--model {checkpoint.path.name}: a {checkpoint.kind.name} file without its {name}, which comes "
+    raise RunError(f"--model {checkpoint.path.name} ({checkpoint.kind.name}) holds no {name}, which comes "
                    f"from {where}: not in the Hugging Face cache or not downloadable ({_first(errors[-1])}); pull it "
                    f"with `imagegen models pull {checkpoint.kind.preset}`, or pass --config DIR holding it")
 

@@ -26,6 +26,7 @@ class Checkpoint:
     # (regex, dimension, size): a tensor named so has that size there (checked where the file has such a tensor;
     # only real-size files are told apart this way, a tiny fine-tune falls through to the family's last kind)
     shapes: tuple[tuple[str, int, int], ...] = ()
+    unsupported: str = ""  # why imagegen cannot run this kind yet (told apart, then refused in one line)
 
 
 class Family:

@@ -7,6 +7,10 @@ from .base import Checkpoint, Family
 _UNET = r"^model\.diffusion_model\.label_emb\.0\.0\.weight$"  # the size and crop embedding only SDXL has
 _SDXL = r"^(model\.diffusion_model\.label_emb\.|conditioner\.embedders\.)"
 _BASE, _REFINER = "stabilityai/stable-diffusion-xl-base-1.0", "stabilityai/stable-diffusion-xl-refiner-1.0"
+# The refiner conditions on an aesthetic score (its 2560-wide size embedding) that only diffusers' img2img pipeline
+# built for it passes; imagegen's SDXL pipelines pass the base's six size values.
+_REFINER_WHY = ("the refiner conditions on an aesthetic score, which imagegen's SDXL pipelines do not pass; run an "
+                "SDXL base checkpoint (the refiner is not supported yet)")
 
 
 class SDXL(Family):
@@ -38,8 +42,9 @@ class SDXL(Family):
     # alone (embedders.0, OpenCLIP layout). A UNet-only file is told by its size-embedding width (2816 / 2560).
     checkpoints = (
         Checkpoint("SDXL refiner", _REFINER, "sdxl", (r"^conditioner\.embedders\.0\.model\.",),
-                   absent=(r"^conditioner\.embedders\.1\.",)),
-        Checkpoint("SDXL refiner", _REFINER, "sdxl", (_UNET,), absent=(r"^conditioner\.",), shapes=((_UNET, 1, 2560),)),
+                   absent=(r"^conditioner\.embedders\.1\.",), unsupported=_REFINER_WHY),
+        Checkpoint("SDXL refiner", _REFINER, "sdxl", (_UNET,), absent=(r"^conditioner\.",), shapes=((_UNET, 1, 2560),),
+                   unsupported=_REFINER_WHY),
         Checkpoint("SDXL base", _BASE, "sdxl", (_SDXL,)),
     )
     checkpoint_parts = {"unet": r"^model\.diffusion_model\.", "vae": r"^first_stage_model\.",
