@@ -26,6 +26,9 @@ HEADERS = [
     ("stabilityai/stable-diffusion-xl-base-1.0", None, {}, "sdxl", "SDXL base"),
     ("stabilityai/stable-diffusion-xl-base-1.0", ("unet",), {}, "sdxl", "SDXL base"),
     ("stabilityai/stable-diffusion-xl-refiner-1.0", None, {}, "sdxl", "SDXL refiner"),
+    ("stable-diffusion-v1-5/stable-diffusion-inpainting", None, {}, "sd15", "SD 1.x inpainting"),
+    ("stable-diffusion-v1-5/stable-diffusion-inpainting", ("unet",), {}, "sd15", "SD 1.x inpainting"),
+    ("diffusers/stable-diffusion-xl-1.0-inpainting-0.1", None, {}, "sdxl", "SDXL inpainting"),
     ("stabilityai/stable-diffusion-xl-refiner-1.0", ("unet",), {}, "sdxl", "SDXL refiner"),
     ("stabilityai/stable-diffusion-3-medium-diffusers", ("transformer", "vae"), {}, "sd3", "SD3 medium"),
     ("stabilityai/stable-diffusion-3-medium-diffusers", None, {}, "sd3", "SD3 medium"),
@@ -331,3 +334,40 @@ def test_an_fp8_transformer_only_file_loads_in_the_runs_dtype(cli, files, tmp_pa
     assert found.components["transformer"].dtypes == ("F8_E4M3",) and list(found.components) == ["transformer"]
     image = generate(cli, "--model", file, "--config", folder)
     assert image["pixels_sha256"] != generate(cli, "--model", folder)["pixels_sha256"]  # rounded weights
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_an_inpainting_file_inpaints_like_its_folder_and_only_inpaints(cli, files, family, tmp_path):
+    """A 9-channel inpainting UNet (sd-v1-5-inpainting, SDXL inpainting 0.1): told apart, run with the inpaint
+    preset, refused for txt2img in one line."""
+    import numpy as np
+    import torch
+    from diffusers import DiffusionPipeline, UNet2DConditionModel
+
+    from imagegen.testing import write_checkpoint
+
+    pipe = DiffusionPipeline.from_pretrained(files["folders"][family])
+    torch.manual_seed(0)
+    pipe.register_modules(unet=UNet2DConditionModel.from_config({**pipe.unet.config, "in_channels": 9}))
+    pipe.save_pretrained(tmp_path / "inpainting")
+    file = write_checkpoint(tmp_path / "inpainting", tmp_path / "inpainting.safetensors")
+    assert inspect_checkpoint(file).kind.preset == f"{family}-inpaint"
+    Image.fromarray(np.full((64, 64, 3), 120, "uint8")).save(tmp_path / "photo.png")
+    mask = np.zeros((64, 64), "uint8")
+    mask[16:48, 16:48] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    args = ("--image", tmp_path / "photo.png", "--mask", tmp_path / "mask.png", "--cfg", "5", "--strength", "1",
+            "--scheduler", "Euler", *SMALL, "--json")
+
+    def inpaint(*model):
+        result = cli("inpaint", "a red door", *model, *args)
+        assert result.code == 0, result.err
+        return json.loads(result.out)["images"][0]
+
+    want = inpaint("--model", tmp_path / "inpainting", "--preset", f"{family}-inpaint")
+    image = inpaint("--model", file, "--config", tmp_path / "inpainting")
+    assert image["pixels_sha256"] == want["pixels_sha256"]
+    assert json.loads(Path(image["path"]).with_suffix(".json").read_text())["model"]["preset"] == f"{family}-inpaint"
+    err = one_line_error(cli("txt2img", "a fox", "--model", file, "--config", tmp_path / "inpainting"))
+    assert f"{family}-inpaint" in err and "txt2img" in err

@@ -8,7 +8,7 @@ import pytest
 
 from imagegen import UsageError, list_presets, load_preset
 
-SHIPPED = {"sdxl", "sd3", "sd3.5-medium", "sd3.5-large", "flux-schnell", "flux-dev"}
+SHIPPED = {"sdxl", "sd3", "sd3.5-medium", "sd3.5-large", "flux-schnell", "flux-dev", "sd2", "sd15-inpaint", "sdxl-inpaint"}
 
 
 def test_shipped_presets_are_valid_and_real():

@@ -8,6 +8,7 @@ from .base import Checkpoint, Family
 
 _UNET = r"^model\.diffusion_model\.(input_blocks|middle_block|output_blocks)\."
 _TO_K = r"^model\.diffusion_model\.input_blocks\.\d+\.1\.transformer_blocks\.0\.attn2\.to_k\.weight$"
+_IN = r"^model\.diffusion_model\.input_blocks\.0\.0\.weight$"  # an inpainting UNet reads 9 channels: latents, mask, image
 
 
 class SD15(Family):
@@ -24,6 +25,7 @@ class SD15(Family):
     }
     pipeline_multiple = 8  # StableDiffusionPipeline.check_inputs
     default_preset = "sd15"
+    class_presets = {"StableDiffusionInpaintPipeline": "sd15-inpaint"}
     # No safety checker: its weights are never loaded, and requires_safety_checker=False keeps diffusers quiet.
     load_kwargs = {"safety_checker": None, "requires_safety_checker": False}
     controlnet_class = "ControlNetModel"
@@ -39,6 +41,8 @@ class SD15(Family):
         Checkpoint("SD 2.x", "stabilityai/stable-diffusion-2-1", "sd2", (r"^cond_stage_model\.model\.",)),
         Checkpoint("SD 2.x", "stabilityai/stable-diffusion-2-1", "sd2", (_UNET,), absent=(r"^cond_stage_model\.",),
                    shapes=((_TO_K, 1, 1024),)),
+        Checkpoint("SD 1.x inpainting", "stable-diffusion-v1-5/stable-diffusion-inpainting", "sd15-inpaint", (_UNET,),
+                   absent=(r"^model\.diffusion_model\.label_emb\.", r"^conditioner\."), shapes=((_IN, 1, 9),)),
         Checkpoint("SD 1.x", "stable-diffusion-v1-5/stable-diffusion-v1-5", "sd15", (_UNET,),
                    absent=(r"^model\.diffusion_model\.label_emb\.", r"^conditioner\.", r"^cond_stage_model\.model\.")),
     )

@@ -27,6 +27,7 @@ class SDXL(Family):
     }
     pipeline_multiple = 8  # StableDiffusionXLPipeline.check_inputs
     default_preset = "sdxl"
+    class_presets = {"StableDiffusionXLInpaintPipeline": "sdxl-inpaint"}
     controlnet_class = "ControlNetModel"
     controlnet_signature = {"addition_embed_type": "text_time"}  # SDXL's UNet conditions on size and crop
     # The txt2img ControlNet pipeline takes the map as `image`; its img2img and inpaint ones take the init image
@@ -45,6 +46,8 @@ class SDXL(Family):
                    absent=(r"^conditioner\.embedders\.1\.",), unsupported=_REFINER_WHY),
         Checkpoint("SDXL refiner", _REFINER, "sdxl", (_UNET,), absent=(r"^conditioner\.",), shapes=((_UNET, 1, 2560),),
                    unsupported=_REFINER_WHY),
+        Checkpoint("SDXL inpainting", "diffusers/stable-diffusion-xl-1.0-inpainting-0.1", "sdxl-inpaint", (_SDXL,),
+                   shapes=((r"^model\.diffusion_model\.input_blocks\.0\.0\.weight$", 1, 9),)),
         Checkpoint("SDXL base", _BASE, "sdxl", (_SDXL,)),
     )
     checkpoint_parts = {"unet": r"^model\.diffusion_model\.", "vae": r"^first_stage_model\.",
