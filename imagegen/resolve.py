@@ -4,13 +4,14 @@ configs, the scheduler registry, the family and the adapters. No weights load he
 from __future__ import annotations
 
 import secrets
+from pathlib import Path
 
 from .adapters import ADAPTERS, ResolveContext
 from .canvas import round_to
 from .checkpoints.configs import config_folder, reader
 from .errors import RunError, UsageError
 from .families import FAMILIES
-from .hub import is_file, not_cached_message
+from .hub import is_file, is_local, not_cached_message
 from .loading import pipeline_parameters
 from .models import canonical_model, inspect_model
 from .modes import mode_for
@@ -113,7 +114,34 @@ def _single_file(info, preset) -> dict:
     folder = config_folder(info.config, flag=f"--model {info.checkpoint.path.name}", preset=preset.name)
     lacks = set(_modules_needed(folder, preset.family)) - set(info.checkpoint.components)
     base = (preset.model, preset.revision, preset.variant) if lacks else None
+    _check_lent(info.checkpoint, sorted(lacks), folder, preset)
     return {"config": info.config, "config_folder": folder, "base": base}
+
+
+def _check_lent(checkpoint, lacks: list[str], folder: str, preset) -> None:
+    """Offline, the components a file lacks must be in the config folder or the HF cache: else one line now, not a
+    load error after other weights have loaded."""
+    from huggingface_hub import constants
+
+    if not lacks or not constants.HF_HUB_OFFLINE or is_local(preset.model):
+        return
+    missing = [name for name in lacks if not any(Path(folder, name).glob("*.safetensors"))
+               and not _cached_weights(preset.model, preset.revision, name)]
+    if missing:
+        raise RunError(f"--model {checkpoint.path.name} ({checkpoint.kind.name}) holds no {', '.join(missing)}, which "
+                       f"come from {preset.model}: not in the Hugging Face cache, and HF_HUB_OFFLINE is set; run "
+                       f"`imagegen models pull {preset.name}` on a connected machine, or pass --config DIR holding them")
+
+
+def _cached_weights(repo: str, revision: str | None, name: str) -> bool:
+    """Whether the HF cache holds safetensors weights of a repo's component (a configs-only pull has none)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot = snapshot_download(repo, revision=revision, local_files_only=True)
+    except Exception:  # not cached at all
+        return False
+    return any(Path(snapshot, name).glob("*.safetensors"))
 
 
 def _modules_needed(folder: str, family) -> list[str]:

@@ -318,6 +318,12 @@ def test_pull_configs_only_then_a_file_runs_offline(cli, files, tmp_path, monkey
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     want = generate(cli, "--model", folder)["pixels_sha256"]
     assert generate(cli, "--model", files["files"]["sdxl"])["pixels_sha256"] == want
+    # a UNet-only file needs the base's other weights, which a configs-only pull left out: one line, before loading
+    from imagegen.testing import write_checkpoint
+
+    unet = write_checkpoint(folder, tmp_path / "unet-only.safetensors", parts=("unet",))
+    err = one_line_error(cli("txt2img", "a fox", "--model", unet, *SMALL), code=1)
+    assert "holds no text_encoder, text_encoder_2, vae" in err and "imagegen models pull sdxl" in err
 
 
 @pytest.mark.slow

@@ -121,9 +121,9 @@ def _assemble(repo: str, *, flag: str, preset: str) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         if not constants.HF_HUB_OFFLINE and (fetched := _cached_snapshot(repo, network=True)) is not None:
             return fetched
-        raise RunError(f"{flag}: the {' and '.join(missing)} of {repo} that this checkpoint needs are not in the "
-                       f"Hugging Face cache and the hub cannot be reached; run `imagegen models pull {preset} "
-                       f"--configs-only` (a few MB) once on a connected machine, or pass --config DIR")
+        raise RunError(f"{flag}: its tokenizers ({', '.join(missing)} of {repo}) are not in the Hugging Face cache "
+                       f"and the hub cannot be reached; run `imagegen models pull {preset} --configs-only` (a few MB) "
+                       f"once on a connected machine, or pass --config DIR")
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(tmp, dest)
     return dest
