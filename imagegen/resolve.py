@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .adapters import ADAPTERS, ResolveContext
 from .canvas import round_to
-from .checkpoints.configs import config_folder, reader
+from .checkpoints.configs import config_folder, reader, weight_components
 from .errors import RunError, UsageError
 from .families import FAMILIES
 from .hub import is_file, is_local, not_cached_message
@@ -112,7 +112,8 @@ def _single_file(info, preset) -> dict:
     if info.checkpoint is None:
         return {}
     folder = config_folder(info.config, flag=f"--model {info.checkpoint.path.name}", preset=preset.name)
-    lacks = set(_modules_needed(folder, preset.family)) - set(info.checkpoint.components)
+    index = reader(folder)("model_index.json") or {}
+    lacks = set(weight_components(index, preset.family)) - set(info.checkpoint.components)
     base = (preset.model, preset.revision, preset.variant) if lacks else None
     _check_lent(info.checkpoint, sorted(lacks), folder, preset)
     return {"config": info.config, "config_folder": folder, "base": base}
@@ -142,14 +143,6 @@ def _cached_weights(repo: str, revision: str | None, name: str) -> bool:
     except Exception:  # not cached at all
         return False
     return any(Path(snapshot, name).glob("*.safetensors"))
-
-
-def _modules_needed(folder: str, family) -> list[str]:
-    """The weight-holding components of a config folder's pipeline (not tokenizers, schedulers or processors)."""
-    index = reader(folder)("model_index.json") or {}
-    light = ("Tokenizer", "Scheduler", "Processor", "FeatureExtractor")
-    return [name for name, spec in index.items() if isinstance(spec, list) and len(spec) == 2 and spec[1]
-            and not any(word in spec[1] for word in light) and name not in family.load_kwargs]
 
 
 def _check_syntax(merged: dict) -> None:

@@ -5,6 +5,7 @@ apart by the tensor names in the file's header, without reading a weight. Each f
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -140,20 +141,13 @@ def parts(family, tensors: dict) -> tuple[dict[str, Part], Part | None]:
         groups.setdefault(owner, []).append((dtype, shape))
 
     def part(items) -> Part:
-        count = sum(_numel(shape) for _, shape in items)
-        size = sum(_numel(shape) * DTYPE_BYTES.get(dtype, 0) for dtype, shape in items)
+        count = sum(math.prod(shape) for _, shape in items)
+        size = sum(math.prod(shape) * DTYPE_BYTES.get(dtype, 0) for dtype, shape in items)
         return Part(len(items), count, size, tuple(sorted({d for d, _ in items})))
 
     other = groups.pop("", None)
     ordered = {c: part(groups[c]) for c in family.checkpoint_parts if c in groups}
     return ordered, part(other) if other else None
-
-
-def _numel(shape) -> int:
-    count = 1
-    for n in shape:
-        count *= n
-    return count
 
 
 def inspect_checkpoint(path: str | Path, flag: str = "--model", family=None) -> Checkpoint:

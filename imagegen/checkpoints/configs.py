@@ -62,6 +62,14 @@ def tokenizers_of(index: dict) -> list[str]:
             and isinstance(spec[1], str) and "Tokenizer" in spec[1]]
 
 
+def weight_components(index: dict, family) -> list[str]:
+    """The components of a model_index.json that hold weights (not tokenizers, schedulers or image processors),
+    less those the family leaves out (SD 1.5's safety checker); told by class name, so nothing heavy is imported."""
+    light = ("Tokenizer", "Scheduler", "Processor", "FeatureExtractor")
+    return [name for name, spec in index.items() if isinstance(spec, list) and len(spec) == 2 and spec[0] and spec[1]
+            and not any(word in spec[1] for word in light) and name not in family.load_kwargs]
+
+
 def complete(folder: Path) -> bool:
     """Whether a folder has a model_index.json and every tokenizer it names."""
     index = read_json(folder / "model_index.json")

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..errors import RunError, UsageError
 from . import inspect_checkpoint
-from .configs import reader
+from .configs import reader, weight_components
 
 
 def load_checkpoint(cls, path: str, *, config: str, family, base: tuple | None, dtype: str):
@@ -29,9 +29,9 @@ def load_checkpoint(cls, path: str, *, config: str, family, base: tuple | None, 
                                                             dtype=torch_dtype)
     except Exception as exc:
         raise _mismatch(checkpoint, config, exc) from exc
-    for name, spec in _modules(index, family):
+    for name in weight_components(index, family):
         if name not in checkpoint.components and name not in given:
-            given[name] = _borrow(name, _class(spec), config, base, torch_dtype, checkpoint)
+            given[name] = _borrow(name, _class(index[name]), config, base, torch_dtype, checkpoint)
     try:
         pipe = cls.from_single_file(path, config=config, local_files_only=True, dtype=torch_dtype,
                                     **family.load_kwargs, **given)
@@ -58,22 +58,6 @@ def _class(spec: list):
     import importlib
 
     return getattr(importlib.import_module(spec[0]), spec[1])
-
-
-def _modules(index: dict, family) -> list[tuple[str, list]]:
-    """The model_index.json entries that hold weights (torch modules), less those the family leaves out."""
-    import torch
-
-    out = []
-    for name, spec in index.items():
-        if name.startswith("_") or name in family.load_kwargs or not isinstance(spec, list) or None in spec:
-            continue
-        try:
-            if issubclass(_class(spec), torch.nn.Module):
-                out.append((name, spec))
-        except (ImportError, AttributeError):
-            continue
-    return out
 
 
 def _borrow(name: str, cls, config: str, base: tuple | None, torch_dtype, checkpoint):
