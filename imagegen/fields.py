@@ -8,6 +8,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from .runtime import OFFLOADS, parse_cache
+
 MAX_SEED = 2**63 - 1
 DTYPES = {
     "auto": "auto",
@@ -18,6 +20,7 @@ DTYPES = {
 METADATA_MODES = ("portable", "full", "none")
 DEFAULT_NAME = "{index:04d}-{seed}"
 GENERATION, MODEL, OUTPUT = "Generation", "Model", "Output"  # --help panels
+SPEED = "Memory and speed"
 
 
 @dataclass(frozen=True)
@@ -212,6 +215,14 @@ def _recorded_syntax(record: dict) -> str:
     return record.get("prompt_syntax") or "plain"  # records from before prompt syntax passed prompts literally
 
 
+parse_offload = choice({o: o for o in OFFLOADS}, f"one of {', '.join(OFFLOADS)}")
+parse_switch = choice({"on": "on", "off": "off", "true": "on", "false": "off"}, "on or off")
+
+
+def _attention(value: Any) -> str:
+    return name(value).lower()
+
+
 def _recorded_config(record: dict) -> str | None:
     config = (record.get("model") or {}).get("config")
     return config.get("id") if isinstance(config, dict) else None
@@ -265,6 +276,23 @@ CORE_FIELDS: tuple[Field, ...] = (
           line=False, replay="runtime.dtype", call=("dtype",), panel=MODEL),
     Field("device", parse_device, (str,), "auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps.", line=False,
           replay="runtime.device", call=("device",), panel=MODEL),
+    Field("offload", parse_offload, (str,), "Keep weights on the CPU and move them to the GPU as they run: model "
+          "(a component at a time), group (a block at a time, streamed on CUDA), sequential (a layer at a time; GPU "
+          "only); none (default) keeps everything on the device.", line=False, replay="runtime.offload",
+          metavar="none|model|group|sequential", preset=True, panel=SPEED),
+    Field("vae_tiling", parse_switch, (str,), "Decode the image in tiles (less memory for large images).", line=False,
+          replay="runtime.vae_tiling", hashed=("vae_tiling",), metavar="on|off", preset=True, unhashed="off",
+          panel=SPEED),
+    Field("vae_slicing", parse_switch, (str,), "Decode a batch one image at a time (less memory, same pixels).",
+          line=False, replay="runtime.vae_slicing", metavar="on|off", preset=True, panel=SPEED),
+    Field("attention", _attention, (str,), "The denoiser's attention backend (diffusers' set_attention_backend): auto "
+          "(PyTorch's SDPA), native, flash, sage, ...; checked against what is installed.", line=False,
+          replay="runtime.attention", hashed=("attention",), metavar="NAME", preset=True, unhashed="auto",
+          panel=SPEED),
+    Field("cache", parse_cache, (str,), "Reuse the denoiser's work between steps (diffusers' cache hooks; transformer "
+          "models such as Flux): fbcache[:THRESHOLD] (First Block Cache, default 0.05), taylorseer[:INTERVAL], or none "
+          "(default). Changes pixels: recorded.", line=False, replay="runtime.cache", hashed=("cache",),
+          metavar="NAME[:VALUE]", preset=True, unhashed="none", panel=SPEED),
     Field("out", name, (str,), "Output folder. Default: ./outputs", line=False, flags=("--out", "-o"), panel=OUTPUT),
     Field("name", name, (str,), "File-name template; placeholders {index} {seed} {prompt} {preset} {scheduler} "
           "{steps} {cfg} {width} {height} {model} {date}. Default: {index:04d}-{seed}", panel=OUTPUT),

@@ -10,6 +10,8 @@ from typing import Any
 from .checkpoints.load import load_checkpoint
 from .errors import ImagegenError, RunError, UsageError
 from .hub import is_local, load_error, local_path, resolved_revision
+from .runtime import LoadOptions, place
+from .runtime import apply as apply_options
 
 
 def resolve_device(device: str) -> str:
@@ -57,16 +59,18 @@ class LoadedModel:
     applied: dict = field(default_factory=dict)  # in-place adapter name -> the key of what it loaded
     cache: dict = field(default_factory=dict)  # adapters' weights (nets, image encoders) loaded for this model
     compiled: bool = False
+    options: LoadOptions = LoadOptions()  # memory and speed settings it runs with (imagegen.runtime)
 
 
 _LOADED: dict[tuple, LoadedModel] = {}
 
 
 def load_model(model: str, *, family, revision: str | None, variant: str | None, dtype: str,
-               device: str, config_folder: str | None = None, base: tuple | None = None) -> LoadedModel:
+               device: str, config_folder: str | None = None, base: tuple | None = None,
+               options: LoadOptions = LoadOptions()) -> LoadedModel:
     """Load (or reuse) a pipeline with safetensors only, no remote code, and `dtype=`; errors become one line. A
     single-file model loads through diffusers' from_single_file with `config_folder` (imagegen.checkpoints)."""
-    key = (model, family.name, revision, variant, dtype, device, config_folder, base)
+    key = (model, family.name, revision, variant, dtype, device, config_folder, base, options)
     if key in _LOADED:
         return _LOADED[key]
     _LOADED.clear()  # one pipeline at a time: a second model would double the memory
@@ -87,14 +91,16 @@ def load_model(model: str, *, family, revision: str | None, variant: str | None,
     except Exception as exc:  # diffusers wraps hub errors in OSError/ValueError: explain the cause in one line
         raise load_error(model, revision, exc) from exc
     try:
-        pipe.to(device)
+        place(pipe, options, device)
     except torch.OutOfMemoryError as exc:
-        raise RunError(f"{model}: out of memory moving the model to {device} in {dtype}; try a smaller dtype") from exc
+        raise RunError(f"{model}: out of memory moving the model to {device} in {dtype}; try a smaller dtype or "
+                       f"--offload model") from exc
+    apply_options(pipe, family, options)
     pipe.set_progress_bar_config(disable=True)
     make_invariant(pipe, device)
     loaded = LoadedModel(pipe=pipe, model=model, family=family, revision=resolved_revision(model, revision),
                          variant=variant, dtype=dtype, device=device, pipeline_class=type(pipe).__name__,
-                         native_scheduler=dict(pipe.scheduler.config))
+                         native_scheduler=dict(pipe.scheduler.config), options=options)
     _LOADED[key] = loaded
     return loaded
 

@@ -28,6 +28,7 @@ class ModelInfo:
     lora_widths: tuple = ()  # (regex of LoRA tensor names, the input width the model gives them), from its configs
     checkpoint: Any = None  # imagegen.checkpoints.Checkpoint, for a single-file model
     config: str | None = None  # where a single file's architecture comes from: --config, or a base repo
+    denoiser_class: str | None = None  # the denoiser's diffusers class, from its config.json
 
 
 def canonical_model(model: str) -> str:
@@ -104,7 +105,8 @@ def _info(model: str, family, index: dict, read, **extra) -> ModelInfo:
     multiple, max_side = family.size_rule(read)
     return ModelInfo(model=model, family=family, pipeline_class=index.get("_class_name"), multiple=multiple,
                      max_side=max_side, guidance_embeds=family.guidance_embedded(read),
-                     lora_widths=family.lora_widths(read), **extra)
+                     lora_widths=family.lora_widths(read),
+                     denoiser_class=(read(f"{family.denoiser}/config.json") or {}).get("_class_name"), **extra)
 
 
 def _inspect_file(model: str, config: str | None) -> ModelInfo:

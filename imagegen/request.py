@@ -59,7 +59,8 @@ Request.__module__ = __name__
 
 # Built-in defaults: the bottom layer, below any preset.
 DEFAULTS = Request(prompt_syntax="a1111", negative="", n=1, batch_size=1, dtype="auto", device="auto", out="outputs", name=DEFAULT_NAME,
-                   metadata="portable")
+                   metadata="portable", offload="none", vae_tiling="off", vae_slicing="off", attention="auto",
+                   cache="none")
 DEFAULT_PRESET = "sdxl"
 
 
@@ -106,6 +107,12 @@ class ResolvedRequest:
     config: str | None = None
     config_folder: str | None = None
     base: tuple | None = None
+    # Memory and speed (imagegen.runtime)
+    offload: str = "none"
+    vae_tiling: str = "off"
+    vae_slicing: str = "off"
+    attention: str = "auto"
+    cache: str = "none"
 
     @property
     def seeds(self) -> list[int]:

@@ -18,6 +18,7 @@ from .metadata import a1111_parameters, build_record, versions
 from .output import Written, pixels_sha256, write_image
 from .portable import for_writing
 from .prompting import PromptBatch, prepare
+from .runtime import LoadOptions, check_device
 from .schedulers import build_scheduler
 
 _BY_NAME = {adapter.name: adapter for adapter in ADAPTERS}
@@ -79,9 +80,12 @@ class Session:
         from .loading import load_model  # looked up per call, so a test can stand in for the loader
 
         device, dtype = self.placement(req)
+        options = LoadOptions.of(req)
+        check_device(options, device)
         with progress.loading(req.model):
             self.loaded = load_model(req.model, family=req.family, revision=req.revision, variant=req.variant,
-                                     dtype=dtype, device=device, config_folder=req.config_folder, base=req.base)
+                                     dtype=dtype, device=device, config_folder=req.config_folder, base=req.base,
+                                     options=options)
             self.pipe = pipeline_for(self.loaded, req)  # the adapters' weights load here
         if compile and not self.loaded.compiled:
             _compile(self.loaded)

@@ -127,7 +127,7 @@ def test_txt2img_help_groups_options_in_panels_with_an_example(cli):
     result = cli("txt2img", "--help")
     assert result.code == 0
     found = panels(result.out)
-    assert list(found) == ["Arguments", "Options", "Generation", "Model", "ControlNet", "IP-Adapter",
+    assert list(found) == ["Arguments", "Options", "Generation", "Model", "Memory and speed", "ControlNet", "IP-Adapter",
                            "LoRA and embeddings", "Hires fix",
                            "Output"]
     where = {"--steps": "Generation", "--scheduler": "Generation", "--batch-size": "Generation", "--preset": "Model",

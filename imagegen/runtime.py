@@ -1,0 +1,127 @@
+"""How the memory and speed settings are applied to a loaded pipeline, each through diffusers' own machinery: CPU
+offload (model, group, sequential), VAE tiling and slicing, the attention backend, and a denoiser cache (First Block
+Cache, TaylorSeer). They form one frozen key: a loaded model is reused only with the same settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import UsageError
+
+OFFLOADS = ("none", "model", "group", "sequential")
+SWITCHES = ("off", "on")
+# cache name -> (its diffusers config class, the option a :VALUE sets, that option's type, default shown in help)
+CACHES = {
+    "fbcache": ("FirstBlockCacheConfig", "threshold", float),  # skip the other blocks while the first changes little
+    "taylorseer": ("TaylorSeerCacheConfig", "cache_interval", int),  # predict features between full steps
+}
+NOT_YET = {"magcache": "needs per-model calibration (mag_ratios)",
+           "fastercache": "needs per-model attention identifiers"}
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """The settings that change how a loaded pipeline runs (part of the loaded model's key)."""
+
+    offload: str = "none"
+    vae_tiling: str = "off"
+    vae_slicing: str = "off"
+    attention: str = "auto"
+    cache: str = "none"
+
+    @classmethod
+    def of(cls, req) -> LoadOptions:
+        return cls(req.offload, req.vae_tiling, req.vae_slicing, req.attention, req.cache)
+
+    def record(self) -> dict:
+        """What the image's record says ran."""
+        return {"offload": self.offload, "vae_tiling": self.vae_tiling, "vae_slicing": self.vae_slicing,
+                "attention": self.attention, "cache": self.cache}
+
+
+def parse_cache(value) -> str:
+    """'none', 'fbcache', 'fbcache:0.08', 'taylorseer:4' -> its canonical spelling; raises ValueError."""
+    if not isinstance(value, str):
+        raise ValueError(f"must be a cache name, got {value!r}")
+    name, _, arg = value.strip().lower().partition(":")
+    if name == "none" and not arg:
+        return "none"
+    if name in NOT_YET:
+        raise ValueError(f"{name} is not supported yet ({NOT_YET[name]}); use {' or '.join(CACHES)}")
+    if name not in CACHES:
+        raise ValueError(f"unknown cache {name!r}; choose none, {', '.join(f'{c}[:VALUE]' for c in CACHES)}")
+    if not arg:
+        return name
+    kind = CACHES[name][2]
+    try:
+        number = kind(arg)
+    except ValueError:
+        raise ValueError(f"{name}:{arg}: the {CACHES[name][1]} must be a {kind.__name__}") from None
+    if number <= 0:
+        raise ValueError(f"{name}:{arg}: the {CACHES[name][1]} must be above 0")
+    return f"{name}:{number:g}"
+
+
+def check(options: LoadOptions, denoiser_class: str | None) -> None:
+    """Refuse, before loading, a cache the model's denoiser takes no hooks for and an attention backend that is not
+    installed (imports diffusers only when one is asked for)."""
+    if options.cache != "none" and denoiser_class:
+        import diffusers
+        from diffusers.models.cache_utils import CacheMixin
+
+        cls = getattr(diffusers, denoiser_class, None)
+        if cls is None or not issubclass(cls, CacheMixin):
+            raise UsageError(f"--cache {options.cache}: {denoiser_class} takes no cache hooks in diffusers (they "
+                             f"apply to transformers such as Flux's); leave --cache out")
+    if options.attention != "auto":
+        from diffusers.models.attention_dispatch import AttentionBackendName, _check_attention_backend_requirements
+
+        names = [b.value for b in AttentionBackendName]
+        if options.attention not in names:
+            raise UsageError(f"--attention {options.attention}: unknown backend; choose auto, {', '.join(names)}")
+        try:
+            _check_attention_backend_requirements(AttentionBackendName(options.attention))
+        except (RuntimeError, ImportError) as exc:
+            first = (str(exc).strip().splitlines() or [""])[0]
+            raise UsageError(f"--attention {options.attention}: not available here ({first}); use auto or native") \
+                from None
+
+
+def check_device(options: LoadOptions, device: str) -> None:
+    """Sequential offload moves single layers to the GPU: with no GPU there is nowhere to move them."""
+    if options.offload == "sequential" and device == "cpu":
+        raise UsageError("--offload sequential: needs a GPU (it streams each layer onto it); on the CPU there is "
+                         "nothing to offload to: leave it out, or use model or group")
+
+
+def place(pipe, options: LoadOptions, device: str) -> None:
+    """Move the pipeline to `device`, or let diffusers' offload hooks move each part when it runs."""
+    import torch
+
+    if options.offload == "none":
+        pipe.to(device)
+    elif options.offload == "model":
+        pipe.enable_model_cpu_offload(device=device)
+    elif options.offload == "group":  # one block group on the device at a time, copied on a side stream on CUDA
+        pipe.enable_group_offload(onload_device=torch.device(device), offload_type="block_level",
+                                  num_blocks_per_group=1, use_stream=device.startswith("cuda"))
+    else:
+        pipe.enable_sequential_cpu_offload(device=device)
+
+
+def apply(pipe, family, options: LoadOptions) -> None:
+    """The VAE, attention and cache settings, on a pipeline already placed."""
+    vae = getattr(pipe, "vae", None)
+    if vae is not None and options.vae_tiling == "on":
+        vae.enable_tiling()
+    if vae is not None and options.vae_slicing == "on":
+        vae.enable_slicing()
+    denoiser = getattr(pipe, family.denoiser, None)
+    if options.attention != "auto" and denoiser is not None:
+        denoiser.set_attention_backend(options.attention)
+    if options.cache != "none" and denoiser is not None:
+        import diffusers.hooks
+
+        name, _, arg = options.cache.partition(":")
+        config_class, option, kind = CACHES[name]
+        denoiser.enable_cache(getattr(diffusers.hooks, config_class)(**({option: kind(arg)} if arg else {})))

@@ -1,0 +1,139 @@
+"""Memory and speed settings (imagegen.runtime): each applied through diffusers' machinery, recorded and replayed;
+refusals in one line before loading."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+SMALL = ("--size", "64x64", "--steps", "3", "--seed", "4")
+
+
+def one_line_error(result, code: int = 2) -> str:
+    assert result.code == code, (result.out, result.err)
+    assert result.err.strip().splitlines()[-1].startswith("imagegen: error: ") and "Traceback" not in result.err
+    assert all(line.startswith("note:") for line in result.err.strip().splitlines()[:-1]), result.err
+    return result.err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("args, words", [
+    (("--cache", "magcache"), "not supported yet"),
+    (("--cache", "teacache"), "unknown cache"),
+    (("--cache", "fbcache:zero"), "must be a float"),
+    (("--cache", "fbcache:-1"), "above 0"),
+    (("--offload", "disk"), "one of none, model, group, sequential"),
+    (("--vae-tiling", "maybe"), "on or off"),
+    (("--attention", "warp-speed"), "unknown backend"),
+    (("--attention", "flash"), "not available here"),
+])
+def test_bad_settings_are_one_line(cli, tiny_models, args, words):
+    err = one_line_error(cli("txt2img", "a fox", "--model", tiny_models["flux"], *args, *SMALL))
+    assert words in err
+
+
+def test_a_cache_on_a_unet_is_refused(cli, tiny_models):
+    err = one_line_error(cli("txt2img", "a fox", "--model", tiny_models["sdxl"], "--cache", "fbcache", *SMALL))
+    assert "UNet2DConditionModel takes no cache hooks" in err
+
+
+def test_sequential_offload_needs_a_gpu(cli, tiny_models):
+    err = one_line_error(cli("txt2img", "a fox", "--model", tiny_models["flux"], "--offload", "sequential",
+                             "--device", "cpu", *SMALL))
+    assert "needs a GPU" in err
+
+
+def generate(cli, model, out: Path, *args) -> tuple[dict, dict]:
+    result = cli("txt2img", "a red fox", "--model", model, *args, *SMALL, "-o", out, "--json")
+    assert result.code == 0, result.err
+    image = json.loads(result.out)["images"][0]
+    return image, json.loads(Path(image["path"]).with_suffix(".json").read_text())
+
+
+def loaded_pipe():
+    from imagegen.loading import _LOADED
+
+    return next(iter(_LOADED.values())).pipe
+
+
+@pytest.mark.slow
+def test_first_block_cache_skips_block_calls_and_replays(cli, tiny_models, tmp_path):
+    import torch
+
+    model = tiny_models["flux"]
+    calls = {"n": 0}
+
+    def count(*_):
+        calls["n"] += 1
+
+    def counted(*args) -> tuple[dict, int]:
+        calls["n"] = 0
+        from imagegen.loading import _LOADED
+
+        _LOADED.clear()
+        handles = []
+        from imagegen import loading
+
+        real = loading.apply_options
+
+        def hooked(pipe, family, options):
+            real(pipe, family, options)
+            # a block's attention runs only when the block computes (a cache hook returns its cached output instead)
+            blocks = [*pipe.transformer.transformer_blocks, *pipe.transformer.single_transformer_blocks]
+            handles.extend(block.attn.register_forward_pre_hook(count) for block in blocks)
+
+        loading.apply_options = hooked
+        try:
+            image, record = generate(cli, model, tmp_path / str(len(args)), *args)
+        finally:
+            loading.apply_options = real
+            for handle in handles:
+                handle.remove()
+        return image, record, calls["n"]
+
+    plain, _, full = counted()
+    cached, record, fewer = counted("--cache", "fbcache:0.5")
+    assert record["runtime"]["cache"] == "fbcache:0.5"
+    assert fewer < full, (fewer, full)  # steps where the first block changed little skipped the others
+    assert cached["pixels_sha256"] != plain["pixels_sha256"]
+    assert cli("reproduce", cached["path"], "--verify").code == 0
+    assert torch.is_grad_enabled()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("offload", ["model", "group"])
+def test_offload_on_the_cpu_keeps_the_pixels_and_is_recorded(cli, tiny_models, tmp_path, offload):
+    model = tiny_models["sdxl"]
+    plain, _ = generate(cli, model, tmp_path / "plain")
+    image, record = generate(cli, model, tmp_path / offload, "--offload", offload)
+    assert image["pixels_sha256"] == plain["pixels_sha256"] and record["runtime"]["offload"] == offload
+    pipe = loaded_pipe()
+    if offload == "model":
+        assert pipe._offload_gpu_id is not None or getattr(pipe, "_all_hooks", None)
+    else:
+        assert getattr(pipe.unet, "_diffusers_hook", None) is not None
+    assert cli("reproduce", image["path"], "--verify").code == 0
+
+
+@pytest.mark.slow
+def test_vae_tiling_and_slicing_are_applied_and_replayed(cli, tiny_models, tmp_path):
+    model = tiny_models["sdxl"]
+    plain, _ = generate(cli, model, tmp_path / "plain")
+    image, record = generate(cli, model, tmp_path / "tiled", "--vae-tiling", "on", "--vae-slicing", "on")
+    assert loaded_pipe().vae.use_tiling and loaded_pipe().vae.use_slicing
+    assert (record["runtime"]["vae_tiling"], record["runtime"]["vae_slicing"]) == ("on", "on")
+    assert image["pixels_sha256"] == plain["pixels_sha256"]  # 64x64 is below the tile size: one tile
+    assert cli("reproduce", image["path"], "--verify").code == 0
+    generate(cli, model, tmp_path / "again")
+    assert not loaded_pipe().vae.use_tiling  # another setting, another loaded pipeline
+
+
+@pytest.mark.slow
+def test_attention_backend_is_set_and_recorded(cli, tiny_models, tmp_path):
+    model = tiny_models["flux"]
+    plain, _ = generate(cli, model, tmp_path / "plain")
+    image, record = generate(cli, model, tmp_path / "native", "--attention", "native")
+    assert record["runtime"]["attention"] == "native"
+    assert image["pixels_sha256"] == plain["pixels_sha256"]  # PyTorch's SDPA either way on the CPU
+    assert cli("reproduce", image["path"], "--verify").code == 0
