@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .runtime import OFFLOADS, parse_cache
+from .runtime import OFFLOADS, QUANTS, parse_cache, parse_quantize
 
 MAX_SEED = 2**63 - 1
 DTYPES = {
@@ -293,6 +293,10 @@ CORE_FIELDS: tuple[Field, ...] = (
           "models such as Flux): fbcache[:THRESHOLD] (First Block Cache, default 0.05), taylorseer[:INTERVAL], or none "
           "(default). Changes pixels: recorded.", line=False, replay="runtime.cache", hashed=("cache",),
           metavar="NAME[:VALUE]", preset=True, unhashed="none", panel=SPEED),
+    Field("quantize", parse_quantize, (str,), f"Store the denoiser's weights quantized (torchao weight-only, through "
+          f"diffusers' quantization config): {', '.join(QUANTS)}, or none (default). Changes pixels: recorded.",
+          line=False, replay="runtime.quantize", hashed=("quantize",), metavar="none|" + "|".join(QUANTS), preset=True,
+          unhashed="none", panel=SPEED),
     Field("out", name, (str,), "Output folder. Default: ./outputs", line=False, flags=("--out", "-o"), panel=OUTPUT),
     Field("name", name, (str,), "File-name template; placeholders {index} {seed} {prompt} {preset} {scheduler} "
           "{steps} {cfg} {width} {height} {model} {date}. Default: {index:04d}-{seed}", panel=OUTPUT),

@@ -328,7 +328,7 @@ def weights_info(name: str, cache_dir: str | Path | None = None) -> WeightsInfo:
     if path.is_file():
         return _checkpoint_info(name, path)
     if path.is_dir():  # as everywhere in imagegen (hub.is_local), a folder wins over a repo id of the same name
-        files = sorted(p.relative_to(path).as_posix() for p in path.rglob("*.safetensors"))
+        files = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.suffix in (".safetensors", ".json"))
         return _folder_info(name, "folder", path, files, None, None, None)
     repo, ref, preset = cached_repo(name, scan_cache(cache_dir))
     wanted = ref or (preset.revision if preset is not None and "/" not in name else None)
@@ -370,7 +370,7 @@ def _folder_info(name: str, source: str, root: Path, files: list[str], repo: str
     if index:  # only what the pipeline loads, in its order
         groups = {k: groups[k] for k, v in index.items() if isinstance(v, list) and v and v[0] and k in groups}
     variant = preset.variant if preset is not None else None
-    components = tuple(_component(root, folder or "model", _one_variant(group, variant))
+    components = tuple(_component(root, folder or "model", one_variant(group, variant))
                        for folder, group in groups.items())
     size = sum(c.bytes for c in components)
     return WeightsInfo(name, source, root, family, kind, repo, commit, preset.name if preset else None, size,
@@ -382,7 +382,7 @@ def _variant_of(path: str) -> str | None:
     return stem.rpartition(".")[2] if "." in stem else None
 
 
-def _one_variant(files: list[str], variant: str | None) -> list[str]:
+def one_variant(files: list[str], variant: str | None) -> list[str]:
     """The files one load reads from a folder holding several variants: the wanted one, else the plain weights."""
     return ([f for f in files if _variant_of(f) == variant] or [f for f in files if _variant_of(f) is None]
             or files)

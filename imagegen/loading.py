@@ -3,13 +3,13 @@ code, one pipeline kept per process, and one-line errors for everything that can
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from .checkpoints.load import load_checkpoint
 from .errors import ImagegenError, RunError, UsageError
 from .hub import is_local, load_error, local_path, resolved_revision
+from .quiet import quiet_backends
 from .runtime import LoadOptions, place
 from .runtime import apply as apply_options
 
@@ -77,15 +77,20 @@ def load_model(model: str, *, family, revision: str | None, variant: str | None,
     quiet_libraries()
     import diffusers
     import torch
+    from diffusers import PipelineQuantizationConfig
 
     cls = getattr(diffusers, family.pipeline_class())
     path = str(local_path(model)) if is_local(model) else model
     try:
+        quantization = options.quantization(family)
         if config_folder is not None:
-            pipe = load_checkpoint(cls, path, config=config_folder, family=family, base=base, dtype=dtype)
+            pipe = load_checkpoint(cls, path, config=config_folder, family=family, base=base, dtype=dtype,
+                                   quantization=quantization)
         else:
+            extra = {"quantization_config": PipelineQuantizationConfig(quant_mapping={family.denoiser: quantization})
+                     } if quantization is not None else {}
             pipe = cls.from_pretrained(path, revision=revision, variant=variant, dtype=getattr(torch, dtype),
-                                       use_safetensors=True, **family.load_kwargs)
+                                       use_safetensors=True, **family.load_kwargs, **extra)
     except ImagegenError:
         raise
     except Exception as exc:  # diffusers wraps hub errors in OSError/ValueError: explain the cause in one line
@@ -127,8 +132,7 @@ def pipeline_parameters(class_name: str) -> set[str]:
 def quiet_libraries() -> None:
     """Silence diffusers' and transformers' own bars and log lines, errors included: imagegen turns their exceptions
     into its one-line errors, and a logged error before that would be a second line."""
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "critical")
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "critical")
+    quiet_backends()
     import diffusers
     import transformers
 

@@ -60,7 +60,7 @@ Request.__module__ = __name__
 # Built-in defaults: the bottom layer, below any preset.
 DEFAULTS = Request(prompt_syntax="a1111", negative="", n=1, batch_size=1, dtype="auto", device="auto", out="outputs", name=DEFAULT_NAME,
                    metadata="portable", offload="none", vae_tiling="off", vae_slicing="off", attention="auto",
-                   cache="none")
+                   cache="none", quantize="none")
 DEFAULT_PRESET = "sdxl"
 
 
@@ -113,6 +113,7 @@ class ResolvedRequest:
     vae_slicing: str = "off"
     attention: str = "auto"
     cache: str = "none"
+    quantize: str = "none"
 
     @property
     def seeds(self) -> list[int]:

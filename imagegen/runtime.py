@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .errors import UsageError
+from .quiet import quiet_backends
 
 OFFLOADS = ("none", "model", "group", "sequential")
 SWITCHES = ("off", "on")
@@ -17,6 +18,10 @@ CACHES = {
 }
 NOT_YET = {"magcache": "needs per-model calibration (mag_ratios)",
            "fastercache": "needs per-model attention identifiers"}
+# --quantize: torchao's weight-only configs, applied to the denoiser (the largest component) as it loads
+QUANTS = {"int8": "Int8WeightOnlyConfig", "fp8": "Float8WeightOnlyConfig"}
+QUANTS_LATER = {"nf4": "bitsandbytes' 4-bit NormalFloat (CUDA only)", "int4": "torchao's int4 (CUDA kernels)",
+                "gguf": "a GGUF transformer"}
 
 
 @dataclass(frozen=True)
@@ -28,15 +33,39 @@ class LoadOptions:
     vae_slicing: str = "off"
     attention: str = "auto"
     cache: str = "none"
+    quantize: str = "none"
 
     @classmethod
     def of(cls, req) -> LoadOptions:
-        return cls(req.offload, req.vae_tiling, req.vae_slicing, req.attention, req.cache)
+        return cls(req.offload, req.vae_tiling, req.vae_slicing, req.attention, req.cache, req.quantize)
 
     def record(self) -> dict:
         """What the image's record says ran."""
         return {"offload": self.offload, "vae_tiling": self.vae_tiling, "vae_slicing": self.vae_slicing,
-                "attention": self.attention, "cache": self.cache}
+                "attention": self.attention, "cache": self.cache, "quantize": self.quantize}
+
+    def quantization(self, family):
+        """diffusers' TorchAoConfig for the denoiser, or None (imports torchao only when asked)."""
+        if self.quantize == "none":
+            return None
+        quiet_backends()
+        import torchao.quantization
+        from diffusers import TorchAoConfig
+
+        return TorchAoConfig(getattr(torchao.quantization, QUANTS[self.quantize])())
+
+
+def parse_quantize(value) -> str:
+    """'none', 'int8', 'fp8'; the kinds to come are refused with what they need."""
+    if not isinstance(value, str):
+        raise ValueError(f"must be a quantization name, got {value!r}")
+    name = value.strip().lower()
+    if name == "none" or name in QUANTS:
+        return name
+    later = QUANTS_LATER.get(name.partition(":")[0])
+    if later:
+        raise ValueError(f"{name}: {later} is not supported yet; choose none, {', '.join(QUANTS)}")
+    raise ValueError(f"unknown quantization {name!r}; choose none, {', '.join(QUANTS)}")
 
 
 def parse_cache(value) -> str:
@@ -65,6 +94,12 @@ def parse_cache(value) -> str:
 def check(options: LoadOptions, denoiser_class: str | None) -> None:
     """Refuse, before loading, a cache the model's denoiser takes no hooks for and an attention backend that is not
     installed (imports diffusers only when one is asked for)."""
+    quiet_backends()
+    if options.quantize != "none":
+        import importlib.util
+
+        if importlib.util.find_spec("torchao") is None:
+            raise UsageError(f"--quantize {options.quantize}: needs torchao (pip install torchao)")
     if options.cache != "none" and denoiser_class:
         import diffusers
         from diffusers.models.cache_utils import CacheMixin

@@ -11,9 +11,10 @@ from . import inspect_checkpoint
 from .configs import reader, weight_components
 
 
-def load_checkpoint(cls, path: str, *, config: str, family, base: tuple | None, dtype: str):
+def load_checkpoint(cls, path: str, *, config: str, family, base: tuple | None, dtype: str, quantization=None):
     """`cls` (a diffusers pipeline class) from the checkpoint at `path`; `config` is a complete local config folder,
-    `base` the (repo, revision, variant) lending the components the file has not."""
+    `base` the (repo, revision, variant) lending the components the file has not, `quantization` a diffusers
+    quantization config for the denoiser."""
     import torch
 
     checkpoint = inspect_checkpoint(path, family=family)
@@ -23,10 +24,12 @@ def load_checkpoint(cls, path: str, *, config: str, family, base: tuple | None, 
     given: dict[str, Any] = {}
     try:
         converted = family.convert_checkpoint(lambda: _tensors(path), read)
-        if converted is not None:
+        if converted is not None or quantization is not None:
+            # diffusers' pipeline-level from_single_file takes no quantization config: the denoiser loads on its own
             model = _class(index[family.denoiser])
-            given[family.denoiser] = model.from_single_file(converted, config=config, subfolder=family.denoiser,
-                                                            dtype=torch_dtype)
+            given[family.denoiser] = model.from_single_file(
+                path if converted is None else converted, config=config, subfolder=family.denoiser, dtype=torch_dtype,
+                **({"quantization_config": quantization} if quantization is not None else {}))
     except Exception as exc:
         raise _mismatch(checkpoint, config, exc) from exc
     for name in weight_components(index, family):

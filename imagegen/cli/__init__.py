@@ -8,7 +8,7 @@ import warnings
 import typer
 
 from ..errors import ImagegenError
-from . import commands, listing, models  # noqa: F401  (the commands register themselves on the app)
+from . import commands, listing, models, plan  # noqa: F401  (the commands register themselves on the app)
 from .app import add_examples, app
 
 add_examples()

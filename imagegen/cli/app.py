@@ -53,6 +53,8 @@ EXAMPLES = {
              "checkpoints offline)"],
     "verify": ["imagegen models verify", "imagegen models verify sdxl"],
     "rm": ["imagegen models rm sd3 --yes", "imagegen models rm stabilityai/stable-diffusion-3-medium-diffusers@main"],
+    "plan": ["imagegen plan --preset flux-dev --vram 12",
+             "imagegen plan --model ./some.safetensors --size 1024x1024 --batch-size 2 --vram 24 --json"],
     "info": ["imagegen models info sdxl", "imagegen models info ~/models/juggernaut.safetensors --json"],
 }
 
