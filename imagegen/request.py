@@ -3,7 +3,7 @@ layers) and the complete, typed `ResolvedRequest` one run carries out. Both are 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, make_dataclass
+from dataclasses import asdict, dataclass, field, fields, make_dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -12,6 +12,7 @@ from .adapters import ADAPTERS
 from .errors import UsageError, closest
 from .fields import CORE_FIELDS, DEFAULT_NAME, MAX_SEED, Field
 from .output import render_name, slug
+from .runtime import LoadOptions
 
 # Every request field: the core ones, then each adapter's, in registry order.
 FIELDS: dict[str, Field] = {f.name: f for f in (*CORE_FIELDS, *(f for a in ADAPTERS for f in a.fields))}
@@ -59,8 +60,7 @@ Request.__module__ = __name__
 
 # Built-in defaults: the bottom layer, below any preset.
 DEFAULTS = Request(prompt_syntax="a1111", negative="", n=1, batch_size=1, dtype="auto", device="auto", out="outputs", name=DEFAULT_NAME,
-                   metadata="portable", offload="none", vae_tiling="off", vae_slicing="off", attention="auto",
-                   cache="none", quantize="none")
+                   metadata="portable", **asdict(LoadOptions()))
 DEFAULT_PRESET = "sdxl"
 
 

@@ -4,7 +4,7 @@ Cache, TaylorSeer). They form one frozen key: a loaded model is reused only with
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 
 from .errors import UsageError
 from .quiet import quiet_backends
@@ -37,12 +37,12 @@ class LoadOptions:
 
     @classmethod
     def of(cls, req) -> LoadOptions:
-        return cls(req.offload, req.vae_tiling, req.vae_slicing, req.attention, req.cache, req.quantize)
+        """The request's settings (its attributes of the same names: the Memory and speed fields)."""
+        return cls(**{f.name: getattr(req, f.name) for f in fields(cls)})
 
     def record(self) -> dict:
         """What the image's record says ran."""
-        return {"offload": self.offload, "vae_tiling": self.vae_tiling, "vae_slicing": self.vae_slicing,
-                "attention": self.attention, "cache": self.cache, "quantize": self.quantize}
+        return asdict(self)
 
     def quantization(self, family):
         """diffusers' TorchAoConfig for the denoiser, or None (imports torchao only when asked)."""
