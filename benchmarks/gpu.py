@@ -1,6 +1,6 @@
 """Seconds per image and peak VRAM of full-size SDXL and FLUX.1-schnell on one NVIDIA GPU, per speed/memory arm.
 
-    python benchmarks/gpu.py [--only sdxl|flux] [--arms bf16,fbcache,offload,compile,fp8] [--budget-s 450]
+    python benchmarks/gpu.py [--only sdxl|flux] [--arms bf16,fbcache,offload,group,compile,fp8] [--budget-s 450]
                              [--floor-scale 1.0] [--out gpu-results.json]
     python benchmarks/gpu.py --tiny        # the same logic on CPU, tiny models, 64x64, 2 steps
 
@@ -13,6 +13,8 @@ torch.cuda.max_memory_allocated, reset per arm. One build serves all arms of a f
 - bf16: the plain pipeline;
 - fbcache: First Block Cache (threshold 0.08) on the denoiser, where diffusers supports it (Flux), then disabled;
 - offload: enable_model_cpu_offload, then the hooks are removed and the pipeline moved back;
+- group: imagegen's --offload group (enable_group_offload, one block at a time, side stream), what --memory auto
+  picks for Flux-dev on a 12 GiB card: its peak is checked against 12 GiB; then removed and moved back;
 - compile: regional compilation (compile_repeated_blocks, fullgraph), else torch.compile of the whole denoiser;
 - fp8: torchao float8 weight-only (e4m3) on the denoiser, on top of compile when that arm ran.
 
@@ -36,7 +38,7 @@ sys.path.insert(0, str(ROOT))  # the GPU machine runs the checkout without insta
 
 CONFIGS = ROOT / "imagegen" / "configs"
 PROMPT = "a photo of an astronaut riding a horse on the moon, detailed, golden hour"
-ARMS = ("bf16", "fbcache", "offload", "compile", "fp8")
+ARMS = ("bf16", "fbcache", "offload", "group", "compile", "fp8")
 FAMILIES = {
     "sdxl": {"folder": "stabilityai--stable-diffusion-xl-base-1.0", "denoiser": "unet", "floor_s": 0.42,
              "call": {"num_inference_steps": 30, "guidance_scale": 5.0}},
@@ -44,7 +46,7 @@ FAMILIES = {
              "call": {"num_inference_steps": 4, "guidance_scale": 0.0, "max_sequence_length": 256}},
 }
 # Seconds an arm needs besides its calls, to decide whether it still fits the budget (compile: tracing + inductor).
-EXTRA_S = {"compile": 90.0, "fp8": 60.0, "offload": 10.0}
+EXTRA_S = {"compile": 90.0, "fp8": 60.0, "offload": 10.0, "group": 10.0}
 OFFLOAD_GB_S = 5.0  # pageable host<->GPU copies; offload moves every model in and out on each call
 
 
@@ -205,6 +207,30 @@ def arm_offload(pipe, family: str, ctx: dict) -> dict:
         pipe.to(ctx["device"])
 
 
+def arm_group(pipe, family: str, ctx: dict) -> dict:
+    """imagegen's own placement (imagegen.runtime.place) with --offload group."""
+    import torch
+
+    from imagegen.runtime import LoadOptions, place
+
+    pipe.to("cpu")
+    if ctx["cuda"]:
+        torch.cuda.empty_cache()
+    place(pipe, LoadOptions(offload="group"), ctx["device"])
+    try:
+        result = measure(pipe, family, ctx)
+    finally:
+        for module in pipe.components.values():
+            registry = getattr(module, "_diffusers_hook", None)
+            for name in ("group_offloading", "layer_execution_tracker", "lazy_prefetch_group_offloading"):
+                if registry is not None and registry.get_hook(name) is not None:
+                    registry.remove_hook(name, recurse=True)
+        pipe.to(ctx["device"])
+    fits = result["peak_gib"] is not None and result["peak_gib"] <= 12
+    return {**result, "note": f"--memory auto's plan for Flux-dev at 12 GiB: {'fits' if fits else 'over'} 12 GiB"
+            if ctx["cuda"] else "hooks only on the CPU"}
+
+
 def arm_compile(pipe, family: str, ctx: dict) -> dict:
     denoiser = getattr(pipe, FAMILIES[family]["denoiser"])
     kwargs = {"fullgraph": True}
@@ -242,8 +268,9 @@ def arm_fp8(pipe, family: str, ctx: dict) -> dict:
     return {**measure(pipe, family, ctx), "note": note, "arm": "fp8+compile" if stacked else "fp8"}
 
 
-ARM_FUNCS = {"bf16": arm_bf16, "fbcache": arm_fbcache, "offload": arm_offload, "compile": arm_compile, "fp8": arm_fp8}
-MUTATING = {"compile", "fp8", "offload"}  # a failure there can leave the pipeline half changed: rebuild after it
+ARM_FUNCS = {"bf16": arm_bf16, "fbcache": arm_fbcache, "offload": arm_offload, "group": arm_group,
+             "compile": arm_compile, "fp8": arm_fp8}
+MUTATING = {"compile", "fp8", "offload", "group"}  # a failure there can leave the pipeline half changed: rebuild after it
 
 
 def run_family(family: str, arms: list[str], ctx: dict) -> None:
@@ -282,7 +309,7 @@ def run_family(family: str, arms: list[str], ctx: dict) -> None:
 def estimate_s(arm: str, family: str, pipe, ctx: dict) -> float:
     """About how long `arm` will take, from the family's first measured s/image (0 before the first arm)."""
     per_call = ctx["image_s"].get(family, 0.0)
-    if arm == "offload" and pipe is not None:
+    if arm in ("offload", "group") and pipe is not None:
         gb = sum(p.numel() * p.element_size() for m in pipe.components.values() if hasattr(m, "parameters")
                  for p in m.parameters()) / 1e9
         per_call += 2 * gb / OFFLOAD_GB_S

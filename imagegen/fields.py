@@ -8,7 +8,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .runtime import OFFLOADS, QUANTS, parse_cache, parse_quantize
+from .quantize import parse_quantize
+from .runtime import MEMORY_MODES, OFFLOADS, parse_cache, parse_compile
 
 MAX_SEED = 2**63 - 1
 DTYPES = {
@@ -45,6 +46,7 @@ class Field:
     items: tuple[type, ...] = ()  # the JSON types of a list's elements; default: the field's non-list types
     panel: str | None = None  # the --help panel listing its option; an adapter's fields get the adapter's
     unhashed: Any = None  # a value left out of the recipe hash: what records from before the field existed meant
+    bare: str | None = None  # what the option given without a value means (None: it always takes one)
 
     @property
     def item_types(self) -> tuple[type, ...]:
@@ -276,6 +278,11 @@ CORE_FIELDS: tuple[Field, ...] = (
           line=False, replay="runtime.dtype", call=("dtype",), panel=MODEL),
     Field("device", parse_device, (str,), "auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps.", line=False,
           replay="runtime.device", call=("device",), panel=MODEL),
+    Field("memory", choice({m: m for m in MEMORY_MODES}, f"one of {', '.join(MEMORY_MODES)}"), (str,),
+          "auto (default): on a CUDA GPU with no --offload or --quantize given, the fastest memory plan that fits its "
+          "free memory (none, VAE tiling, model offload, int8, group offload, nf4, sequential offload: what `imagegen "
+          "plan` shows), said before loading and recorded; off: exactly what the flags say.", line=False,
+          replay=lambda record: "off", metavar="auto|off", preset=True, panel=SPEED),  # the record holds what ran
     Field("offload", parse_offload, (str,), "Keep weights on the CPU and move them to the GPU as they run: model "
           "(a component at a time), group (a block at a time, streamed on CUDA), sequential (a layer at a time; GPU "
           "only); none (default) keeps everything on the device.", line=False, replay="runtime.offload",
@@ -293,10 +300,17 @@ CORE_FIELDS: tuple[Field, ...] = (
           "models such as Flux): fbcache[:THRESHOLD] (First Block Cache, default 0.05), taylorseer[:INTERVAL], or none "
           "(default). Changes pixels: recorded.", line=False, replay="runtime.cache", hashed=("cache",),
           metavar="NAME[:VALUE]", preset=True, unhashed="none", panel=SPEED),
-    Field("quantize", parse_quantize, (str,), f"Store the denoiser's weights quantized (torchao weight-only, through "
-          f"diffusers' quantization config): {', '.join(QUANTS)}, or none (default). Changes pixels: recorded.",
-          line=False, replay="runtime.quantize", hashed=("quantize",), metavar="none|" + "|".join(QUANTS), preset=True,
-          unhashed="none", panel=SPEED),
+    Field("quantize", parse_quantize, (str,), "Load weights quantized, through diffusers' quantization configs: "
+          "int8 or fp8 (torchao weight-only), int4 (torchao) or nf4 (bitsandbytes; both CUDA only) for the denoiser; "
+          "COMPONENT=KIND for another part (text_encoder_2=int8: Flux's T5); gguf:FILE for a GGUF transformer "
+          "(city96's files); comma-separated; none (default). Changes pixels: recorded.",
+          line=False, replay="runtime.quantize", hashed=("quantize",), metavar="KIND|COMPONENT=KIND|gguf:FILE,...",
+          preset=True, unhashed="none", panel=SPEED),
+    Field("compile", parse_compile, (str, bool), "torch.compile the denoiser; the first image pays the warm-up. "
+          "regional (a bare --compile): each repeated block once, through diffusers' compile_repeated_blocks, about "
+          "the same speed as full at a fraction of the warm-up; full: the whole denoiser; none (default).", line=False,
+          replay="runtime.compile", hashed=("compile",), metavar="[regional|full|none]", preset=True,
+          unhashed="none", panel=SPEED, bare="regional", json_words="a string or true/false"),
     Field("out", name, (str,), "Output folder. Default: ./outputs", line=False, flags=("--out", "-o"), panel=OUTPUT),
     Field("name", name, (str,), "File-name template; placeholders {index} {seed} {prompt} {preset} {scheduler} "
           "{steps} {cfg} {width} {height} {model} {date}. Default: {index:04d}-{seed}", panel=OUTPUT),

@@ -6,8 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .checkpoints.load import load_checkpoint
-from .errors import ImagegenError, RunError, UsageError
+from . import quantize
+from .checkpoints.load import load_checkpoint, load_gguf
+from .errors import ImagegenError, OutOfMemory, UsageError
 from .hub import is_local, load_error, local_path, resolved_revision
 from .quiet import quiet_backends
 from .runtime import LoadOptions, place
@@ -58,8 +59,8 @@ class LoadedModel:
     derived: dict = field(default_factory=dict)  # a variant pipeline sharing this one's modules (from_pipe), by key
     applied: dict = field(default_factory=dict)  # in-place adapter name -> the key of what it loaded
     cache: dict = field(default_factory=dict)  # adapters' weights (nets, image encoders) loaded for this model
-    compiled: bool = False
     options: LoadOptions = LoadOptions()  # memory and speed settings it runs with (imagegen.runtime)
+    memory: dict = field(default_factory=lambda: {"mode": "off", "plan": None})  # --memory's plan (imagegen.fit)
 
 
 _LOADED: dict[tuple, LoadedModel] = {}
@@ -82,13 +83,14 @@ def load_model(model: str, *, family, revision: str | None, variant: str | None,
     cls = getattr(diffusers, family.pipeline_class())
     path = str(local_path(model)) if is_local(model) else model
     try:
-        quantization = options.quantization(family)
+        configs = quantize.configs(options.quantize, family, cls, dtype)
         if config_folder is not None:
             pipe = load_checkpoint(cls, path, config=config_folder, family=family, base=base, dtype=dtype,
-                                   quantization=quantization)
+                                   quantization=configs.get(family.denoiser))
         else:
-            extra = {"quantization_config": PipelineQuantizationConfig(quant_mapping={family.denoiser: quantization})
-                     } if quantization is not None else {}
+            extra = {"quantization_config": PipelineQuantizationConfig(quant_mapping=configs)} if configs else {}
+            if gguf := quantize.gguf_file(options.quantize):
+                extra[family.denoiser] = load_gguf(gguf, config=path, family=family, dtype=dtype, revision=revision)
             pipe = cls.from_pretrained(path, revision=revision, variant=variant, dtype=getattr(torch, dtype),
                                        use_safetensors=True, **family.load_kwargs, **extra)
     except ImagegenError:
@@ -98,8 +100,9 @@ def load_model(model: str, *, family, revision: str | None, variant: str | None,
     try:
         place(pipe, options, device)
     except torch.OutOfMemoryError as exc:
-        raise RunError(f"{model}: out of memory moving the model to {device} in {dtype}; try a smaller dtype or "
-                       f"--offload model") from exc
+        unload()
+        raise OutOfMemory(f"{model}: out of memory moving the model to {device} in {dtype}; try --offload model, "
+                          f"--quantize int8 or a smaller dtype (imagegen plan shows what fits)") from exc
     apply_options(pipe, family, options)
     pipe.set_progress_bar_config(disable=True)
     make_invariant(pipe, device)
@@ -108,6 +111,18 @@ def load_model(model: str, *, family, revision: str | None, variant: str | None,
                          native_scheduler=dict(pipe.scheduler.config), options=options)
     _LOADED[key] = loaded
     return loaded
+
+
+def unload() -> None:
+    """Let the loaded pipeline go and hand its GPU memory back (before loading it another way)."""
+    import gc
+
+    _LOADED.clear()
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def make_invariant(pipe, device: str) -> None:

@@ -75,7 +75,8 @@ def build_record(req, loaded, *, seed: int, scheduler_config: dict, scheduler_cl
             "preset": req.preset,
             **_single_file(req),
         },
-        "runtime": {"dtype": loaded.dtype, "device": loaded.device, "rng": "cpu", **loaded.options.record()},
+        "runtime": {"dtype": loaded.dtype, "device": loaded.device, "rng": "cpu", **loaded.options.record(),
+                    "memory": loaded.memory},
         **{name: spec.record for name, spec in req.adapters},  # computed once, when the request was resolved
         "batch": batch,
         "versions": lib_versions,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -29,6 +31,7 @@ class ModelInfo:
     checkpoint: Any = None  # imagegen.checkpoints.Checkpoint, for a single-file model
     config: str | None = None  # where a single file's architecture comes from: --config, or a base repo
     denoiser_class: str | None = None  # the denoiser's diffusers class, from its config.json
+    components: tuple[str, ...] = ()  # its model components (model_index.json's diffusers and transformers entries)
 
 
 def canonical_model(model: str) -> str:
@@ -106,7 +109,14 @@ def _info(model: str, family, index: dict, read, **extra) -> ModelInfo:
     return ModelInfo(model=model, family=family, pipeline_class=index.get("_class_name"), multiple=multiple,
                      max_side=max_side, guidance_embeds=family.guidance_embedded(read),
                      lora_widths=family.lora_widths(read),
-                     denoiser_class=(read(f"{family.denoiser}/config.json") or {}).get("_class_name"), **extra)
+                     denoiser_class=(read(f"{family.denoiser}/config.json") or {}).get("_class_name"),
+                     components=_model_components(index), **extra)
+
+
+def _model_components(index: dict) -> tuple[str, ...]:
+    """The entries of model_index.json holding weights (not tokenizers, schedulers or image processors)."""
+    return tuple(k for k, v in index.items() if isinstance(v, list) and len(v) == 2 and v[0] in (
+        "diffusers", "transformers") and not re.search(r"Tokenizer|Scheduler|Processor|Extractor", str(v[1])))
 
 
 def _inspect_file(model: str, config: str | None) -> ModelInfo:

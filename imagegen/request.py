@@ -60,7 +60,7 @@ Request.__module__ = __name__
 
 # Built-in defaults: the bottom layer, below any preset.
 DEFAULTS = Request(prompt_syntax="a1111", negative="", n=1, batch_size=1, dtype="auto", device="auto", out="outputs", name=DEFAULT_NAME,
-                   metadata="portable", **asdict(LoadOptions()))
+                   metadata="portable", memory="auto", **asdict(LoadOptions()))
 DEFAULT_PRESET = "sdxl"
 
 
@@ -107,13 +107,15 @@ class ResolvedRequest:
     config: str | None = None
     config_folder: str | None = None
     base: tuple | None = None
-    # Memory and speed (imagegen.runtime)
+    # Memory and speed (imagegen.fit, imagegen.runtime)
+    memory: str = "auto"
     offload: str = "none"
     vae_tiling: str = "off"
     vae_slicing: str = "off"
     attention: str = "auto"
     cache: str = "none"
     quantize: str = "none"
+    compile: str = "none"
 
     @property
     def seeds(self) -> list[int]:

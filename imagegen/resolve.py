@@ -4,6 +4,7 @@ configs, the scheduler registry, the family and the adapters. No weights load he
 from __future__ import annotations
 
 import secrets
+from dataclasses import fields
 from pathlib import Path
 
 from . import runtime
@@ -12,7 +13,6 @@ from .canvas import round_to
 from .checkpoints.configs import config_folder, reader, weight_components
 from .errors import RunError, UsageError
 from .families import FAMILIES
-from .fields import SPEED
 from .hub import is_file, is_local, not_cached_message
 from .loading import pipeline_parameters
 from .models import canonical_model, inspect_model
@@ -20,10 +20,11 @@ from .modes import mode_for
 from .output import check_template
 from .presets import list_presets, load_preset
 from .prompts import extract_tags, parse_attention
-from .request import DEFAULT_PRESET, DEFAULTS, FIELDS, Request, ResolvedRequest
+from .request import DEFAULT_PRESET, DEFAULTS, Request, ResolvedRequest
 
-SPEED_FIELDS = tuple(name for name, field in FIELDS.items() if field.panel == SPEED)  # imagegen.runtime.LoadOptions
 from .schedulers import resolve_scheduler
+
+SPEED_FIELDS = tuple(f.name for f in fields(runtime.LoadOptions))
 
 
 def check_companions(layer: Request) -> None:
@@ -84,7 +85,7 @@ def resolve(flags: Request, replay: Request | None = None, line: Request | None 
     _check_guidance(merged, top, info, family, notes)
     _check_revision(merged, top, info)
     speed = {name: merged[name] for name in SPEED_FIELDS}
-    runtime.check(runtime.LoadOptions(**speed), info.denoiser_class)
+    runtime.check(runtime.LoadOptions(**speed), info)
 
     seed = merged.get("seed")
     random_seed = seed is None
@@ -98,7 +99,7 @@ def resolve(flags: Request, replay: Request | None = None, line: Request | None 
         dtype=merged["dtype"], device=merged["device"], out=merged["out"], name=merged["name"],
         metadata=merged["metadata"], mode=run_mode, multiple=multiple, gpu_dtype=preset.dtype, notes=tuple(notes),
         adapters=adapters, pipeline_variant=variant, prompt_syntax=merged["prompt_syntax"],
-        **_single_file(info, preset), **speed,
+        **_single_file(info, preset), **speed, memory=merged["memory"],
     )
 
 

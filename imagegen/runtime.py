@@ -6,22 +6,21 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+from . import quantize
 from .errors import UsageError
 from .quiet import quiet_backends
 
 OFFLOADS = ("none", "model", "group", "sequential")
+MEMORY_MODES = ("auto", "off")  # --memory (imagegen.fit)
+COMPILES = ("none", "regional", "full")  # regional: diffusers' compile_repeated_blocks; full: the whole denoiser
 SWITCHES = ("off", "on")
-# cache name -> (its diffusers config class, the option a :VALUE sets, that option's type, default shown in help)
+# cache name -> (its diffusers config class, the option a :VALUE sets, that option's type)
 CACHES = {
     "fbcache": ("FirstBlockCacheConfig", "threshold", float),  # skip the other blocks while the first changes little
     "taylorseer": ("TaylorSeerCacheConfig", "cache_interval", int),  # predict features between full steps
+    "magcache": ("MagCacheConfig", "threshold", float),  # skip blocks while the calibrated magnitude error is small
+    "fastercache": ("FasterCacheConfig", "spatial_attention_block_skip_range", int),  # reuse attention outputs
 }
-NOT_YET = {"magcache": "needs per-model calibration (mag_ratios)",
-           "fastercache": "needs per-model attention identifiers"}
-# --quantize: torchao's weight-only configs, applied to the denoiser (the largest component) as it loads
-QUANTS = {"int8": "Int8WeightOnlyConfig", "fp8": "Float8WeightOnlyConfig"}
-QUANTS_LATER = {"nf4": "bitsandbytes' 4-bit NormalFloat (CUDA only)", "int4": "torchao's int4 (CUDA kernels)",
-                "gguf": "a GGUF transformer"}
 
 
 @dataclass(frozen=True)
@@ -34,6 +33,7 @@ class LoadOptions:
     attention: str = "auto"
     cache: str = "none"
     quantize: str = "none"
+    compile: str = "none"
 
     @classmethod
     def of(cls, req) -> LoadOptions:
@@ -44,28 +44,16 @@ class LoadOptions:
         """What the image's record says ran."""
         return asdict(self)
 
-    def quantization(self, family):
-        """diffusers' TorchAoConfig for the denoiser, or None (imports torchao only when asked)."""
-        if self.quantize == "none":
-            return None
-        quiet_backends()
-        import torchao.quantization
-        from diffusers import TorchAoConfig
 
-        return TorchAoConfig(getattr(torchao.quantization, QUANTS[self.quantize])())
-
-
-def parse_quantize(value) -> str:
-    """'none', 'int8', 'fp8'; the kinds to come are refused with what they need."""
-    if not isinstance(value, str):
-        raise ValueError(f"must be a quantization name, got {value!r}")
-    name = value.strip().lower()
-    if name == "none" or name in QUANTS:
+def parse_compile(value) -> str:
+    """'none', 'regional' (what a bare --compile means) or 'full'; a boolean from a preset or record too."""
+    if value is True or value is False:
+        return "regional" if value else "none"
+    name = str(value).strip().lower()
+    if name in COMPILES:
         return name
-    later = QUANTS_LATER.get(name.partition(":")[0])
-    if later:
-        raise ValueError(f"{name}: {later} is not supported yet; choose none, {', '.join(QUANTS)}")
-    raise ValueError(f"unknown quantization {name!r}; choose none, {', '.join(QUANTS)}")
+    raise ValueError(f"unknown compile mode {value!r}; choose {', '.join(COMPILES)} (a bare --compile means "
+                     f"regional: put it after the prompt or file)")
 
 
 def parse_cache(value) -> str:
@@ -75,8 +63,6 @@ def parse_cache(value) -> str:
     name, _, arg = value.strip().lower().partition(":")
     if name == "none" and not arg:
         return "none"
-    if name in NOT_YET:
-        raise ValueError(f"{name} is not supported yet ({NOT_YET[name]}); use {' or '.join(CACHES)}")
     if name not in CACHES:
         raise ValueError(f"unknown cache {name!r}; choose none, {', '.join(f'{c}[:VALUE]' for c in CACHES)}")
     if not arg:
@@ -91,15 +77,14 @@ def parse_cache(value) -> str:
     return f"{name}:{number:g}"
 
 
-def check(options: LoadOptions, denoiser_class: str | None) -> None:
-    """Refuse, before loading, a cache the model's denoiser takes no hooks for and an attention backend that is not
-    installed (imports diffusers only when one is asked for)."""
+def check(options: LoadOptions, info) -> None:
+    """Refuse, before loading, what the model or this install cannot do: a quantization of a component it has not
+    or by a backend not installed, a cache its denoiser takes no hooks for, an attention backend not installed
+    (imports diffusers only when one is asked for). `info` is the model's imagegen.models.ModelInfo."""
     quiet_backends()
-    if options.quantize != "none":
-        import importlib.util
-
-        if importlib.util.find_spec("torchao") is None:
-            raise UsageError(f"--quantize {options.quantize}: needs torchao (pip install torchao)")
+    denoiser_class = info.denoiser_class
+    if options.quantize != "none" and info.family is not None:
+        quantize.check(options.quantize, info.family, dict.fromkeys(info.components), info.checkpoint is not None)
     if options.cache != "none" and denoiser_class:
         import diffusers
         from diffusers.models.cache_utils import CacheMixin
@@ -108,6 +93,7 @@ def check(options: LoadOptions, denoiser_class: str | None) -> None:
         if cls is None or not issubclass(cls, CacheMixin):
             raise UsageError(f"--cache {options.cache}: {denoiser_class} takes no cache hooks in diffusers (they "
                              f"apply to transformers such as Flux's); leave --cache out")
+        _check_cache_family(options.cache, info.family)
     if options.attention != "auto":
         from diffusers.models.attention_dispatch import AttentionBackendName, _check_attention_backend_requirements
 
@@ -122,8 +108,24 @@ def check(options: LoadOptions, denoiser_class: str | None) -> None:
                 from None
 
 
+def _check_cache_family(cache: str, family) -> None:
+    """MagCache needs magnitude ratios calibrated for the model, FasterCache the names of its attention blocks: the
+    family gives them, or the cache is refused."""
+    name = cache.partition(":")[0]
+    if family is None:
+        return
+    if name == "magcache" and not family.mag_ratios:
+        raise UsageError(f"--cache {cache}: MagCache needs magnitude ratios calibrated for the model, and diffusers "
+                         f"has none for {family.label}; use fbcache or taylorseer")
+    if name == "fastercache" and not family.attention_blocks:
+        raise UsageError(f"--cache {cache}: FasterCache needs the names of {family.label}'s attention blocks, which "
+                         f"imagegen does not know; use fbcache or taylorseer")
+
+
 def check_device(options: LoadOptions, device: str) -> None:
-    """Sequential offload moves single layers to the GPU: with no GPU there is nowhere to move them."""
+    """Sequential offload moves single layers to the GPU: with no GPU there is nowhere to move them. nf4 and int4
+    have CUDA kernels only."""
+    quantize.check_device(options.quantize, device)
     if options.offload == "sequential" and device == "cpu":
         raise UsageError("--offload sequential: needs a GPU (it streams each layer onto it); on the CPU there is "
                          "nothing to offload to: leave it out, or use model or group")
@@ -154,9 +156,65 @@ def apply(pipe, family, options: LoadOptions) -> None:
     denoiser = getattr(pipe, family.denoiser, None)
     if options.attention != "auto" and denoiser is not None:
         denoiser.set_attention_backend(options.attention)
-    if options.cache != "none" and denoiser is not None:
-        import diffusers.hooks
+    if options.cache != "none" and not options.cache.startswith("magcache") and denoiser is not None:
+        denoiser.enable_cache(cache_config(pipe, family, options.cache, steps=0))  # MagCache: before_call
+    if options.compile != "none" and denoiser is not None:
+        compile_denoiser(denoiser, family, options.compile)
 
-        name, _, arg = options.cache.partition(":")
-        config_class, option, kind = CACHES[name]
-        denoiser.enable_cache(getattr(diffusers.hooks, config_class)(**({option: kind(arg)} if arg else {})))
+
+def cache_config(pipe, family, cache: str, *, steps: int):
+    """diffusers' config object for a --cache value; MagCache's depends on the step count (its ratios are
+    interpolated to it), FasterCache reads the pipeline's current timestep."""
+    import diffusers.hooks
+
+    name, _, arg = cache.partition(":")
+    config_class, option, kind = CACHES[name]
+    settings = {option: kind(arg)} if arg else {}
+    if name == "magcache":
+        from diffusers.hooks import mag_cache
+
+        settings.update(mag_ratios=getattr(mag_cache, family.mag_ratios), num_inference_steps=steps)
+    elif name == "fastercache":
+        settings.update(current_timestep_callback=lambda: pipe.current_timestep, is_guidance_distilled=family.distilled_guidance,
+                        spatial_attention_block_identifiers=family.attention_blocks,
+                        spatial_attention_timestep_skip_range=(-1, 681), attention_weight_callback=lambda _: 0.5)
+    return getattr(diffusers.hooks, config_class)(**settings)
+
+
+def before_call(pipe, family, options: LoadOptions, steps: int) -> None:
+    """Per call: MagCache's ratios are interpolated to the call's step count, so its hooks are set for it here
+    (again when the count changes)."""
+    denoiser = getattr(pipe, family.denoiser, None)
+    if denoiser is None or not options.cache.startswith("magcache"):
+        return
+    if getattr(denoiser, "_imagegen_cache_steps", None) == steps:
+        return
+    if getattr(denoiser, "_imagegen_cache_steps", None) is not None:
+        denoiser.disable_cache()
+    denoiser.enable_cache(cache_config(pipe, family, options.cache, steps=steps))
+    denoiser._imagegen_cache_steps = steps
+
+
+def denoiser_calls(kwargs: dict) -> int:
+    """How many times a pipeline call with these arguments runs the denoiser: its steps, the last `strength` of them
+    for img2img and inpaint (diffusers' get_timesteps), twice each with true CFG (two passes a step)."""
+    steps = kwargs.get("num_inference_steps") or 0
+    if kwargs.get("strength") is not None:
+        steps -= int(max(steps - min(steps * kwargs["strength"], steps), 0))
+    return steps * (2 if (kwargs.get("true_cfg_scale") or 1) > 1 else 1)
+
+
+def compile_denoiser(denoiser, family, mode: str) -> None:
+    """torch.compile, lazily (the first call pays the warm-up): regional compiles each repeated block once through
+    diffusers' compile_repeated_blocks (the family names the blocks where diffusers' class does not); full compiles
+    the whole denoiser. IMAGEGEN_COMPILE_MODE and IMAGEGEN_COMPILE_BACKEND pass torch.compile's mode and backend."""
+    import os
+
+    settings = {"mode": os.environ.get("IMAGEGEN_COMPILE_MODE") or None,
+                "backend": os.environ.get("IMAGEGEN_COMPILE_BACKEND", "inductor")}
+    if mode == "regional" and not getattr(denoiser, "_repeated_blocks", None) and family.repeated_blocks:
+        denoiser._repeated_blocks = list(family.repeated_blocks)  # read by compile_repeated_blocks
+    if mode == "regional" and getattr(denoiser, "_repeated_blocks", None):
+        denoiser.compile_repeated_blocks(**settings)
+    else:  # full, or a denoiser with no repeated blocks named: the whole of it
+        denoiser.compile(**settings)

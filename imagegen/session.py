@@ -12,13 +12,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .adapters import ADAPTERS
-from .errors import OutOfMemory, RunError
+from .errors import OutOfMemory
+from .fit import plan as plan_memory
+from .fit import record as memory_record
 from .loading import make_invariant
 from .metadata import a1111_parameters, build_record, versions
 from .output import Written, pixels_sha256, write_image
 from .portable import for_writing
 from .prompting import PromptBatch, prepare
-from .runtime import LoadOptions, check_device
+from .runtime import LoadOptions, before_call, check_device, denoiser_calls
 from .schedulers import build_scheduler
 
 _BY_NAME = {adapter.name: adapter for adapter in ADAPTERS}
@@ -67,6 +69,9 @@ class Session:
         self.loaded = None
         self.pipe = None
         self._noted: set[str] = set()
+        self.fit = None  # (request, device, dtype, imagegen.fit.Fit or None) of the last load
+        self.requested = None  # the memory and speed settings the last load was asked for
+        self._stepped = False  # --memory auto steps down once per run
 
     def placement(self, req) -> tuple[str, str]:
         """(device, dtype) for the request: an unavailable device is refused here, before anything loads."""
@@ -75,21 +80,48 @@ class Session:
         device = self._device(req.device)
         return device, resolve_dtype(req.dtype, device, req.gpu_dtype)
 
-    def load(self, req, progress, *, compile: bool = False):
-        """The pipeline that runs `req`, its model loaded (or reused) and its adapters applied; returns it."""
+    def load(self, req, progress):
+        """The pipeline that runs `req`, its model loaded (or reused) and its adapters applied; returns it. Under
+        --memory auto on a GPU, the memory plan is said first (imagegen.fit)."""
+        device, dtype = self.placement(req)
+        self.requested = LoadOptions.of(req)  # what the request asked for (a memory plan may load it otherwise)
+        fit = plan_memory(req, self.requested, device, dtype)
+        if fit is not None:
+            self._note(progress)(fit.line(req.preset or req.model, req.size))
+        return self._load(req, progress, device, dtype, fit)
+
+    def _load(self, req, progress, device: str, dtype: str, fit):
         from .loading import load_model  # looked up per call, so a test can stand in for the loader
 
-        device, dtype = self.placement(req)
-        options = LoadOptions.of(req)
+        options = fit.options(LoadOptions.of(req)) if fit is not None else LoadOptions.of(req)
         check_device(options, device)
-        with progress.loading(req.model):
-            self.loaded = load_model(req.model, family=req.family, revision=req.revision, variant=req.variant,
-                                     dtype=dtype, device=device, config_folder=req.config_folder, base=req.base,
-                                     options=options)
-            self.pipe = pipeline_for(self.loaded, req)  # the adapters' weights load here
-        if compile and not self.loaded.compiled:
-            _compile(self.loaded)
-        return self.pipe
+        try:
+            with progress.loading(req.model):
+                self.loaded = load_model(req.model, family=req.family, revision=req.revision, variant=req.variant,
+                                         dtype=dtype, device=device, config_folder=req.config_folder,
+                                         base=req.base, options=options)
+                self.pipe = pipeline_for(self.loaded, req)  # the adapters' weights load here
+        except OutOfMemory:
+            lower = self._down(fit, req, progress)
+            if lower is None:
+                raise
+        else:
+            self.fit = (req, device, dtype, fit)
+            self.loaded.memory = memory_record(req, fit)
+            return self.pipe
+        return self._load(req, progress, device, dtype, lower)  # outside the handler: its frames let go of the GPU
+
+    def _down(self, fit, req, progress):
+        """The auto plan one step down after running out of memory (once per session), said; None if none."""
+        lower = fit.down() if fit is not None and not self._stepped else None
+        if lower is not None:
+            self._stepped = True
+            progress.note(lower.line(req.preset or req.model, req.size))
+            from .loading import unload
+
+            self.loaded = self.pipe = None
+            unload()
+        return lower
 
     def auto_batch_size(self, req) -> int:
         """`--batch-size auto` for the loaded pipeline: by its device and the request's latent size."""
@@ -101,6 +133,20 @@ class Session:
         self.pipe.scheduler = build_scheduler(req.scheduler, self.loaded.native_scheduler)
 
     def call(self, reqs: list, seeds: list[int], progress, prompts: PromptBatch | None = None) -> Call:
+        """One pipeline call (`_call`); under --memory auto, out of memory steps the plan down once and calls again
+        (after a step down the prompts are encoded again: the text encoders may have moved)."""
+        try:
+            return self._call(reqs, seeds, progress, prompts)
+        except OutOfMemory:
+            req, device, dtype, fit = self.fit or (None, None, None, None)
+            lower = self._down(fit, req, progress)
+            if lower is None:
+                raise
+        self._load(req, progress, device, dtype, lower)  # outside the handler: its frames let go of the GPU
+        self.set_scheduler(reqs[0])
+        return self._call(reqs, seeds, progress, None if prompts is None else self.encode(reqs[0], progress))
+
+    def _call(self, reqs: list, seeds: list[int], progress, prompts: PromptBatch | None = None) -> Call:
         """One pipeline call for a micro-batch of requests sharing a group key (more where their prompts' embeddings
         differ in length: imagegen.prompting); one CPU generator per image, so each depends only on its own seed.
         `prompts` (from `encode`, compare's encode-once) stands in for the prompts. Each part then finishes the
@@ -144,6 +190,7 @@ class Session:
         import torch
 
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+        before_call(pipe, first.family, self.loaded.options, denoiser_calls(kwargs))
         if hasattr(pipe.scheduler, "noise_sampler_seed"):
             # DPM++ SDE draws Brownian-tree noise from its own seeds: one per image, like the generators.
             pipe.scheduler.noise_sampler_seed = list(seeds)
@@ -291,14 +338,3 @@ def _apply_in_place(loaded, req) -> bool:
         changed = True
     return changed
 
-
-def _compile(loaded) -> None:
-    """torch.compile the family's denoiser (batch --compile); IMAGEGEN_COMPILE_MODE / _BACKEND choose how."""
-    import os
-
-    denoiser = getattr(loaded.pipe, loaded.family.denoiser, None)
-    if denoiser is None:
-        raise RunError("--compile: this pipeline has no denoiser to compile")
-    denoiser.compile(mode=os.environ.get("IMAGEGEN_COMPILE_MODE") or None,
-                     backend=os.environ.get("IMAGEGEN_COMPILE_BACKEND", "inductor"))
-    loaded.compiled = True

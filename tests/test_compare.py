@@ -212,3 +212,37 @@ def test_reference_off_the_grid_reruns_and_cost_in_model_evaluations(cli, tiny_m
     summary = json.loads(again.out)
     assert summary["out_dir"] == str(tmp_path / "compare-002") and summary["grids"][0].endswith("compare-002/grid.png")
     assert (tmp_path / "compare-001" / "grid.png").exists()  # the first run's files are left alone
+
+
+@pytest.mark.slow
+def test_speed_axes_measure_each_setting_against_the_plain_cell(cli, tiny_models, tmp_path):
+    """--caches and --quantizations: the plain value is added, each combination loads the model its own way, and
+    every cell's mean pixel difference and PSNR are against the plain cell at the same scheduler and steps."""
+    result = cli("compare", "a fox", "--model", tiny_models["flux"], "--caches", "fbcache:0.5", "--quantizations",
+                 "int8", "--steps", "3", "--seed", "5", "--size", "64x64", "--out", tmp_path)
+    assert result.code == 0, result.err
+    err = " ".join(result.err.split())
+    assert "note: --quantizations: none added, the cell the others are measured against" in err
+    assert "note: --caches: none added" in err
+    out = tmp_path / "compare-001"
+    with open(out / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["quantize"], r["cache"]) for r in rows] == [("none", "none"), ("none", "fbcache:0.5"),
+                                                          ("int8", "none"), ("int8", "fbcache:0.5")]
+    plain = rows[0]
+    assert all(r["reference"] == f"{plain['scheduler']}:3, quantize none, cache none" for r in rows)
+    assert plain["mean_abs_diff"] == "0.0" and plain["psnr_db"] == "inf"
+    for r in rows[1:]:
+        mad = np.abs(_pixels(out / r["file"]) - _pixels(out / plain["file"])).mean()
+        assert 0 < mad == pytest.approx(float(r["mean_abs_diff"]), abs=1e-3) and float(r["psnr_db"]) > 0
+        sidecar = json.loads((out / r["file"]).with_suffix(".json").read_text())
+        assert (sidecar["runtime"]["quantize"], sidecar["runtime"]["cache"]) == (r["quantize"], r["cache"])
+    cell = out / rows[3]["file"]
+    assert cli("reproduce", cell, "--verify").code == 0
+
+
+def test_a_speed_axis_value_the_model_cannot_take_names_the_axis(cli, tiny_models, tmp_path):
+    result = cli("compare", "a fox", "--model", tiny_models["sdxl"], "--caches", "fbcache", "--steps", "2",
+                 "--size", "64x64", "--out", tmp_path)
+    assert result.code == 2 and result.err.strip().splitlines()[-1].startswith("imagegen: error: --caches fbcache:")
+    assert not (tmp_path / "compare-001").exists()

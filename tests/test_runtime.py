@@ -19,7 +19,7 @@ def one_line_error(result, code: int = 2) -> str:
 
 
 @pytest.mark.parametrize("args, words", [
-    (("--cache", "magcache"), "not supported yet"),
+    (("--cache", "fastercache:zero"), "must be a int"),
     (("--cache", "teacache"), "unknown cache"),
     (("--cache", "fbcache:zero"), "must be a float"),
     (("--cache", "fbcache:-1"), "above 0"),
@@ -36,6 +36,19 @@ def test_bad_settings_are_one_line(cli, tiny_models, args, words):
 def test_a_cache_on_a_unet_is_refused(cli, tiny_models):
     err = one_line_error(cli("txt2img", "a fox", "--model", tiny_models["sdxl"], "--cache", "fbcache", *SMALL))
     assert "UNet2DConditionModel takes no cache hooks" in err
+
+
+def test_magcache_and_fastercache_need_what_the_family_gives():
+    """A denoiser that takes cache hooks, of a family with no calibrated MagCache ratios or attention block names."""
+    from imagegen.errors import UsageError
+    from imagegen.families import Family
+    from imagegen.runtime import _check_cache_family
+
+    bare = type("Bare", (Family,), {"name": "bare", "label": "Bare"})()
+    with pytest.raises(UsageError, match="diffusers has none for Bare; use fbcache or taylorseer"):
+        _check_cache_family("magcache:0.1", bare)
+    with pytest.raises(UsageError, match="FasterCache needs the names of Bare's attention blocks"):
+        _check_cache_family("fastercache", bare)
 
 
 def test_sequential_offload_needs_a_gpu(cli, tiny_models):
@@ -159,8 +172,81 @@ def test_quantize_stores_the_denoiser_quantized_close_to_full_precision(cli, tin
     assert cli("reproduce", image["path"], "--verify").code == 0
 
 
-@pytest.mark.parametrize("value, words", [("nf4", "not supported yet"), ("gguf:flux.gguf", "not supported yet"),
-                                          ("int3", "unknown quantization")])
-def test_quantize_refusals_are_one_line(cli, tiny_models, value, words):
+@pytest.mark.parametrize("value, words", [
+    ("nf4", "bitsandbytes 4-bit NormalFloat needs a CUDA GPU"),
+    ("int4", "needs a CUDA GPU"),
+    ("int3", "unknown quantization 'int3'"),
+    ("text_encoder_9=int8", "the model has no component 'text_encoder_9'; its components: text_encoder, "),
+    ("int8,unet=fp8", "unet is quantized twice (int8, unet=fp8)"),
+    ("int8,gguf:x.gguf", "the denoiser is quantized twice"),
+    ("gguf:", "name the GGUF file"),
+    ("gguf:flux.gguf", "SDXL transformers are not loaded from GGUF files"),
+])
+def test_quantize_refusals_are_one_line(cli, tiny_models, value, words, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec  # nf4's refusal is the device's, whether bitsandbytes is installed or not
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "bitsandbytes" else
+                        real(name, *a))
     err = one_line_error(cli("txt2img", "a fox", "--model", tiny_models["sdxl"], "--quantize", value, *SMALL))
     assert words in err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model, args, mode", [("sdxl", ("--compile",), "regional"), ("sd3", ("--compile",), "regional"),
+                                               ("flux", ("--compile", "full"), "full")])
+def test_compile_is_applied_recorded_and_replayed(cli, tiny_models, tmp_path, monkeypatch, model, args, mode):
+    """A bare --compile compiles each repeated block (diffusers' class names them, or the family where it does not:
+    SD3); full compiles the whole denoiser. The eager backend keeps the test fast: it traces as inductor would."""
+    monkeypatch.setenv("IMAGEGEN_COMPILE_BACKEND", "eager")
+    from imagegen.loading import _LOADED
+
+    image, record = generate(cli, tiny_models[model], tmp_path / mode, *args)
+    assert record["runtime"]["compile"] == mode
+    denoiser = getattr(loaded_pipe(), "unet", None) or loaded_pipe().transformer
+    compiled = [type(m).__name__ for m in denoiser.modules() if getattr(m, "_compiled_call_impl", None) is not None]
+    if mode == "full":
+        assert compiled[0] == type(denoiser).__name__
+    else:
+        assert compiled and type(denoiser).__name__ not in compiled
+        assert set(compiled) == {"BasicTransformerBlock" if model == "sdxl" else "JointTransformerBlock"}
+    result = cli("reproduce", image["path"], "--verify")
+    _LOADED.clear()  # the compiled pipeline is not for other tests
+    assert result.code == 0, result.err
+
+
+def test_compile_refuses_an_unknown_mode_in_one_line(cli, tiny_models):
+    err = one_line_error(cli("txt2img", "a fox", "--model", tiny_models["sdxl"], "--compile", "ful", *SMALL))
+    assert "unknown compile mode 'ful'" in err and "regional, full" in err
+
+
+@pytest.mark.parametrize("words, read", [
+    (["--compile"], ["--compile", "regional"]),
+    (["--compile", "full", "a fox"], ["--compile", "full", "a fox"]),
+    (["--compile", "a fox"], ["--compile", "regional", "a fox"]),  # a prompt cannot be a mode
+    (["--compile", "prompts.txt"], ["--compile", "regional", "prompts.txt"]),
+    (["--compile", "--size", "64x64"], ["--compile", "regional", "--size", "64x64"]),
+    (["--compile", "ful"], ["--compile", "ful"]),  # a mode misspelt: refused by the parser, naming the choices
+    (["--", "--compile"], ["--", "--compile"]),
+])
+def test_a_bare_compile_means_regional(words, read):
+    from imagegen.cli.options import with_bare_values
+
+    assert with_bare_values(["txt2img", *words]) == ["txt2img", *read]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cache", ["magcache:0.5", "fastercache"])
+def test_magcache_and_fastercache_change_the_image_and_replay(cli, tiny_models, tmp_path, cache):
+    """MagCache (diffusers' FLUX.1 ratios, interpolated to the call's steps) and FasterCache (Flux's attention
+    blocks, the pipeline's current timestep), through enable_cache; recorded and replayed exactly."""
+    model = tiny_models["flux"]
+    plain, _ = generate(cli, model, tmp_path / "plain", "--steps", "8")
+    image, record = generate(cli, model, tmp_path / "cached", "--cache", cache, "--steps", "8")
+    assert record["runtime"]["cache"] == cache
+    registries = [getattr(m, "_diffusers_hook", None) for m in loaded_pipe().transformer.modules()]
+    hooks = {name for registry in registries if registry is not None for name in registry.hooks}
+    assert any(name.startswith(cache.partition(":")[0].replace("cache", "_cache")) for name in hooks), hooks
+    assert image["pixels_sha256"] != plain["pixels_sha256"]
+    result = cli("reproduce", image["path"], "--verify")
+    assert result.code == 0, result.err

@@ -56,7 +56,8 @@ def test_txt2img_each_family_and_scheduler(cli, tiny_models, tmp_path, family, s
     assert sidecar["runtime"] == {"dtype": "float32", "device": "cpu", "rng": "cpu",
                                   "pipeline_class": sidecar["model"]["pipeline_class"], "offload": "none",
                                   "vae_tiling": "off", "vae_slicing": "off", "attention": "auto", "cache": "none",
-                                  "quantize": "none"}
+                                  "quantize": "none", "compile": "none",
+                                  "memory": {"mode": "auto", "plan": None}}
     assert set(sidecar["timings"]) == {"load_s", "denoise_s", "decode_s", "save_s"}
     assert {"diffusers", "torch", "transformers", "imagegen"} <= set(sidecar["versions"])
     import hashlib

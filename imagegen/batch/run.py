@@ -46,8 +46,7 @@ class _Stop:
         return False
 
 
-def run_batch(plan: BatchPlan, *, batch_size: int | None = None, fail_fast: bool = False, compile: bool = False,
-              progress=None, engine: Engine | None = None) -> BatchResult:
+def run_batch(plan: BatchPlan, *, batch_size: int | None = None, fail_fast: bool = False, progress=None, engine: Engine | None = None) -> BatchResult:
     """Make every pending image of the plan; returns counts even when interrupted (first Ctrl-C)."""
     progress = progress or NullBatchProgress()
     engine = engine or get_engine()
@@ -60,8 +59,7 @@ def run_batch(plan: BatchPlan, *, batch_size: int | None = None, fail_fast: bool
     manifest = ManifestWriter(plan.out_dir, engine.rank)  # locks this process's shard: one batch per folder
     try:
         pending = _resume(plan, engine, manifest, result, progress, session.versions)
-        runner = _Runner(plan, result, manifest, progress, session, batch_size=batch_size, fail_fast=fail_fast,
-                         compile=compile)
+        runner = _Runner(plan, result, manifest, progress, session, batch_size=batch_size, fail_fast=fail_fast)
         with _Stop(progress) as stop:
             runner.run(pending, stop)
     except KeyboardInterrupt:
@@ -128,9 +126,10 @@ class _Runner:
     """The run loop of one process: groups, micro-batches, out-of-memory retries, failures, background writes."""
 
     def __init__(self, plan: BatchPlan, result: BatchResult, manifest: ManifestWriter, progress, session: Session, *,
-                 batch_size: int | None, fail_fast: bool, compile: bool):
+                 batch_size: int | None, fail_fast: bool):
         self.plan, self.result, self.manifest, self.progress, self.session = plan, result, manifest, progress, session
-        self.batch_size, self.fail_fast, self.compile = batch_size, fail_fast, compile
+        self.batch_size, self.fail_fast = batch_size, fail_fast
+        self.compiled = False  # some group ran with --compile: its warm-up is reported
         self.chosen: dict[int, bool] = {}
         self.times: list[tuple[int, float]] = []  # (images, seconds) per call, for the compile warm-up
         self.writer: BackgroundWriter | None = None
@@ -156,7 +155,8 @@ class _Runner:
     def _group(self, group: list[PlannedImage], stop: _Stop) -> bool:
         """Run one group in micro-batches; False to stop the run (Ctrl-C or --fail-fast)."""
         req = group[0].req
-        self.session.load(req, self.progress, compile=self.compile)
+        self.session.load(req, self.progress)
+        self.compiled |= req.compile != "none"
         self.session.set_scheduler(req)
         size = self.batch_size or self.session.auto_batch_size(req)
         self.chosen[size] = True
@@ -242,7 +242,7 @@ class _Runner:
             self.progress.finish()
             sizes = ",".join(str(s) for s in self.chosen)
             self.result.batch_size = f"auto ({sizes})" if self.batch_size is None else str(self.batch_size)
-            if self.compile and self.times:
+            if self.compiled and self.times:
                 self.result.compile_warmup_s = _warmup(self.times)
 
 

@@ -73,7 +73,7 @@ def weights_format(path: str, flag: str) -> None:
                          f"version)")
     if lower.endswith(".gguf"):
         raise UsageError(f"{flag} {path}: a GGUF file, which loads as a quantized transformer with "
-                         f"`--quantize gguf:FILE` (coming with quantization support), not as --model")
+                         f"`--quantize gguf:FILE` beside the --preset or --model it belongs to, not as --model")
     raise UsageError(f"{flag} {path}: not a .safetensors file (nor a diffusers folder); imagegen loads .safetensors "
                      f"checkpoints, diffusers folders and hub repo ids")
 

@@ -44,6 +44,29 @@ def load_checkpoint(cls, path: str, *, config: str, family, base: tuple | None, 
     return pipe
 
 
+def load_gguf(file: str, *, config: str, family, dtype: str, revision: str | None = None):
+    """The denoiser from a GGUF file (city96's FLUX.1 and SD3.5 files) through diffusers' GGUFQuantizationConfig:
+    its weights stay quantized and are dequantized to `dtype` as each layer runs; `config` is the folder or repo
+    whose denoiser config it takes."""
+    import torch
+    from diffusers import GGUFQuantizationConfig
+    from diffusers.models.model_loading_utils import load_gguf_checkpoint
+
+    torch_dtype = getattr(torch, dtype)
+    read = reader(config)
+    index = read("model_index.json") or {}
+    try:
+        converted = family.convert_checkpoint(lambda: load_gguf_checkpoint(file), read)
+        return _class(index[family.denoiser]).from_single_file(
+            file if converted is None else converted, config=config, subfolder=family.denoiser, dtype=torch_dtype,
+            quantization_config=GGUFQuantizationConfig(compute_dtype=torch_dtype),
+            **({"revision": revision} if revision else {}))
+    except Exception as exc:  # a shape or key mismatch (diffusers says little more than an IndexError)
+        raise UsageError(f"--quantize gguf:{file}: does not load into the {family.label} transformer of {config} "
+                         f"({type(exc).__name__}: {_first(exc)}); it may be another size or variant of the "
+                         f"family") from exc
+
+
 def _mismatch(checkpoint, config: str, exc: Exception) -> UsageError:
     return UsageError(f"--model {checkpoint.path.name} ({checkpoint.kind.name}): does not load into the architecture "
                       f"of {config} ({_first(exc)}); if it is another architecture (a fine-tune "

@@ -10,13 +10,14 @@ import typer
 from ..errors import ImagegenError
 from . import commands, listing, models, plan  # noqa: F401  (the commands register themselves on the app)
 from .app import add_examples, app
+from .options import with_bare_values
 
 add_examples()
 
 
 def main(argv: list[str] | None = None) -> int:
     """The entry point and the one error boundary: our errors become one line and an exit code."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = with_bare_values(list(sys.argv[1:] if argv is None else argv))
     debug = "--debug" in argv or os.environ.get("IMAGEGEN_DEBUG") == "1"
     command = typer.main.get_command(app)
     with warnings.catch_warnings():

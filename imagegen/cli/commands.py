@@ -110,7 +110,6 @@ def batch(
     skip_invalid: Annotated[bool, typer.Option("--skip-invalid", metavar="", help="Run the valid lines even if some are invalid (each is reported).", rich_help_panel="Batch")] = False,
     restart: Annotated[bool, typer.Option("--restart", metavar="", help="Start over in a new folder (OUT-2, OUT-3, ...) instead of resuming; nothing is overwritten.", rich_help_panel="Batch")] = False,
     fail_fast: Annotated[bool, typer.Option("--fail-fast", metavar="", help="Stop at the first failed job (default: record it and go on; exit code 3).", rich_help_panel="Batch")] = False,
-    compile_: Annotated[bool, typer.Option("--compile", metavar="", help="torch.compile the denoiser: pays off on long runs; the warm-up time is reported.", rich_help_panel="Batch")] = False,
     max_images: Annotated[Optional[int], typer.Option("--max-images", min=1, metavar="INT", help="Refuse a batch that would make more images than this, before planning them (default 100000; a plan holds every image before any is made).", rich_help_panel="Batch")] = None,
     engine: Annotated[Optional[str], typer.Option("--engine", metavar="TEXT", help="Where the images are made: local (this process), accelerate (the processes of `accelerate launch`), or auto (the default: accelerate under a multi-process launcher, else local; IMAGEGEN_ENGINE overrides auto).", rich_help_panel="Batch")] = None,
     quiet: Quiet = False, json_: Json = False, debug: Debug = False, **fields,
@@ -130,7 +129,7 @@ def batch(
     limit = {"max_images": max_images} if max_images is not None else {}
     plan = prepare(file, flags(fields), base_seed=base_seed, fmt=format_, expand=expand, skip_invalid=skip_invalid,
                    restart=restart, engine=runner, **limit)
-    result = run_batch(plan, batch_size=size_arg, fail_fast=fail_fast, compile=compile_,
+    result = run_batch(plan, batch_size=size_arg, fail_fast=fail_fast,
                        progress=_batch_progress(quiet), engine=runner)
     result = BatchResult.merge(runner.gather(result))  # under accelerate: one result for all processes
     if runner.rank == 0 and json_:
@@ -188,21 +187,26 @@ def compare(
     cfg: Annotated[Optional[str], typer.Option("--cfg", metavar="TEXT", help="CFG axis: 3,5,7 or a range 2-8:2.")] = None,
     strengths: Annotated[Optional[str], typer.Option("--strengths", metavar="TEXT", help="Denoising strength axis (with --image): 0.3,0.5,0.7 or a range 0.2-0.8:0.2.")] = None,
     lora_scales: Annotated[Optional[str], typer.Option("--lora-scales", metavar="TEXT", help="LoRA scale axis (every LoRA of the request at each): 0,0.5,1 or a range 0-1:0.25.")] = None,
+    quantizations: Annotated[Optional[str], typer.Option("--quantizations", metavar="TEXT", help="Quantization axis: none,int8,fp8 (each cell loads the model its way; measured against none).")] = None,
+    caches: Annotated[Optional[str], typer.Option("--caches", metavar="TEXT", help="Denoiser cache axis: none,fbcache:0.05,fbcache:0.12,taylorseer (measured against none).")] = None,
+    attentions: Annotated[Optional[str], typer.Option("--attentions", metavar="TEXT", help="Attention backend axis: auto,native,flash,sage (measured against auto).")] = None,
     seeds: Annotated[Optional[str], typer.Option("--seeds", metavar="TEXT", help="Seed axis: 1,2,3 or a range 1-4.")] = None,
     reference: Annotated[Optional[str], typer.Option("--reference", metavar="SCHEDULER:STEPS", help="The cell every other is measured against; one not on the grid is computed as an extra image. Default: the same scheduler at the largest step count.")] = None,
     tolerance: Annotated[float, typer.Option("--tolerance", metavar="FLOAT", help="Mean absolute pixel difference (0-255) from the reference still counted as converged.")] = 2.0,
     max_images: Annotated[Optional[int], typer.Option("--max-images", metavar="N", help="Refuse a comparison of more than N images (counted from the axes before anything runs). Default: 1000.")] = None,
     quiet: Quiet = False, json_: Json = False, debug: Debug = False, **fields,
 ) -> None:
-    """Compare schedulers, step counts, CFG scales, strengths, LoRA scales and seeds on one prompt: a labelled grid, a
-    table and an answer."""
+    """Compare schedulers, step counts, CFG scales, strengths, LoRA scales, quantizations, caches, attention backends
+    and seeds on one prompt: a labelled grid, a table and an answer (each cell's mean pixel difference and PSNR from
+    its reference)."""
     from ..compare import plan_compare, run_compare
     from ..resolve import check_companions
 
     layer = flags(fields)
     check_companions(layer)
     plan = plan_compare(prompt, layer, schedulers=schedulers, steps=steps, cfg=cfg, seeds=seeds, strengths=strengths,
-                        lora_scales=lora_scales, reference=reference, tolerance=tolerance, max_images=max_images)
+                        lora_scales=lora_scales, quantizations=quantizations, caches=caches, attentions=attentions,
+                        reference=reference, tolerance=tolerance, max_images=max_images)
     progress = _batch_progress(quiet)
     for note in plan.notes:
         progress.note(note)
@@ -226,12 +230,13 @@ def _compare_table(result) -> None:
     table = Table(title=f"compare {result.out_dir}", box=box.SIMPLE_HEAD)  # no column rules: fits 80 columns
     table.add_column("scheduler", justify="right", min_width=10)  # the one column that wraps at 80 columns
     shown = [c for c in ("strength", "lora_scale") if any(r[c] is not None for r in rows(result))]
+    shown += [c for c in ("quantize", "cache", "attention") if len({r[c] for r in rows(result)}) > 1]
     for column in ("steps", "cfg", *[c.replace("_", " ") for c in shown], "seed", "evals", "time s", "Δ ref", "PSNR dB"):
         table.add_column(column, justify="right", no_wrap=True)  # a number cut to "382794…" would lose its meaning
     for r in rows(result):
         psnr = "" if r["psnr_db"] is None else "∞" if r["psnr_db"] == "inf" else str(r["psnr_db"])
         scheduler = r["scheduler"] + (" (reference)" if r["role"] == "reference" else "")
-        table.add_row(scheduler, str(r["steps"]), f"{r['cfg']:g}", *[f"{r[c]:g}" for c in shown],
+        table.add_row(scheduler, str(r["steps"]), f"{r['cfg']:g}", *[f"{r[c]:g}" if isinstance(r[c], float) else str(r[c]) for c in shown],
                       str(r["seed"]), str(r["model_steps"]),
                       f"{r['wall_s']:.2f}",
                       "" if r["mean_abs_diff"] is None else f"{r['mean_abs_diff']:.2f}", psnr)

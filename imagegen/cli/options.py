@@ -86,6 +86,23 @@ def _panel(param: inspect.Parameter) -> str | None:
     return getattr(info, "rich_help_panel", None)
 
 
+def with_bare_values(argv: list[str]) -> list[str]:
+    """An option that may be given alone (`--compile`, a field with `bare`) gets its bare value where the next word
+    is not one of its values: the end, another option, or a word that cannot be one (a prompt, a file name).
+    Typer has no optional-value options, so the words are completed before it parses them."""
+    bare = {flag: field for field in FIELDS.values() if field.bare for flag in field.options}
+    out: list[str] = []
+    for i, word in enumerate(argv):
+        out.append(word)
+        if word == "--":
+            return out + argv[i + 1:]
+        if word in bare:
+            after = argv[i + 1] if i + 1 < len(argv) else None
+            if after is None or after.startswith("-") or not re.fullmatch(r"[A-Za-z]{1,12}", after):
+                out.append(bare[word].bare)  # a word like `ful` stays: its parser names the valid values
+    return out
+
+
 def flags(values: dict) -> Request:
     """The given flags as a request layer (an empty repeatable option is not given)."""
     given = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in values.items()

@@ -20,14 +20,19 @@ from ..resolve import resolve
 from ..schedulers import resolve_scheduler
 
 # The order varying axes take: rows, columns, then one grid per value.
-AXES = ("scheduler", "steps", "cfg", "strength", "lora_scale", "seed")
+AXES = ("scheduler", "steps", "cfg", "strength", "lora_scale", "quantize", "cache", "attention", "seed")
 FLAGS = {"scheduler": "--schedulers", "steps": "--steps", "cfg": "--cfg", "strength": "--strengths",
-         "lora_scale": "--lora-scales", "seed": "--seeds"}
+         "lora_scale": "--lora-scales", "quantize": "--quantizations", "cache": "--caches",
+         "attention": "--attentions", "seed": "--seeds"}
+# Memory and speed axes: each cell is measured against the plain one (added to the axis where not given), and cells
+# with other settings load the model again (run.py runs them grouped by their settings).
+SPEED_AXES = {"quantize": "none", "cache": "none", "attention": "auto"}
 DEFAULT_TOLERANCE = 2.0  # mean absolute pixel difference (0-255) still counted as "the same image"
 DEFAULT_MAX_IMAGES = 1000  # a larger grid needs --max-images: 1000 cells of a 1024px model are hours of work
 MAX_AXIS = 1000
 _PLURAL = {"scheduler": "schedulers", "steps": "step counts", "cfg": "CFG scales", "strength": "strengths",
-           "lora_scale": "LoRA scales", "seed": "seeds"}
+           "lora_scale": "LoRA scales", "quantize": "quantizations", "cache": "caches",
+           "attention": "attention backends", "seed": "seeds"}
 _NUMBER_AXES = ("cfg", "strength", "lora_scale")  # a range of these keeps fractions
 _RANGE = re.compile(r"^\s*(-?[\d.]+)\s*-\s*(-?[\d.]+)\s*(?::\s*([\d.]+))?\s*$")
 
@@ -36,7 +41,7 @@ def _parts(name: str, text: str):
     """Each comma part of an axis: (text, None) for a single value or (text, (start, step, count)) for a range."""
     flag = FLAGS[name]
     for part in (p.strip() for p in text.split(",") if p.strip()):
-        m = _RANGE.match(part) if name != "scheduler" else None
+        m = _RANGE.match(part) if name != "scheduler" and name not in SPEED_AXES else None
         if not m:
             yield part, None
             continue
@@ -62,6 +67,9 @@ def parse_axis(name: str, text: str) -> tuple:
         if name == "scheduler":
             values.append(part)
             continue
+        if name in SPEED_AXES and part.lower().startswith("gguf:"):
+            raise UsageError(f"{flag}: {part}: a GGUF transformer is a model of its own; compare it with --quantize "
+                             f"gguf:FILE as a fixed setting")
         raw: list[Any] = [part]
         if span:
             start, step, count = span
@@ -130,20 +138,22 @@ def lora_scale_of(req: ResolvedRequest) -> float | None:
     return scales.pop() if len(scales) == 1 else None
 
 
-def key_of(req: ResolvedRequest, scheduler: str | None = None, steps: int | None = None) -> tuple:
-    """What tells cells apart: scheduler, steps, CFG, strength, LoRA scale and seed (with another scheduler and step
-    count: the key of the cell measured against)."""
+def key_of(req: ResolvedRequest, scheduler: str | None = None, steps: int | None = None,
+           speed: dict | None = None) -> tuple:
+    """What tells cells apart: scheduler, steps, CFG, strength, LoRA scale, the speed settings and seed (with another
+    scheduler, step count or speed settings: the key of the cell measured against)."""
     return (scheduler or req.scheduler.name, steps or req.steps, req.cfg, strength_of(req), lora_scale_of(req),
-            req.seed)
+            *(speed or {n: getattr(req, n) for n in SPEED_AXES}).values(), req.seed)
 
 
 def plan_compare(prompt: str, flags: Request, *, schedulers: str | None = None, steps: str | None = None,
                  cfg: str | None = None, seeds: str | None = None, reference: str | None = None,
                  tolerance: float = DEFAULT_TOLERANCE, max_images: int | None = None,
-                 strengths: str | None = None, lora_scales: str | None = None) -> ComparePlan:
+                 strengths: str | None = None, lora_scales: str | None = None, quantizations: str | None = None,
+                 caches: str | None = None, attentions: str | None = None) -> ComparePlan:
     """Resolve every cell (before any model loads); errors name the axis flag and the value."""
     given = {"scheduler": schedulers, "steps": steps, "cfg": cfg, "strength": strengths, "lora_scale": lora_scales,
-             "seed": seeds}
+             "quantize": quantizations, "cache": caches, "attention": attentions, "seed": seeds}
     if strengths is not None and flags.image is None:
         raise UsageError("--strengths needs --image FILE (a strength is how far img2img or inpaint may move from it)")
     base = resolve(Request(**{**flags.given(), "prompt": prompt, "n": 1, "batch_size": 1,
@@ -161,7 +171,7 @@ def plan_compare(prompt: str, flags: Request, *, schedulers: str | None = None, 
         if name == "scheduler":
             axes[name] = names or (base.scheduler.name,)
         elif given[name] is not None:
-            axes[name] = parse_axis(name, given[name])
+            axes[name] = _with_plain(name, parse_axis(name, given[name]), base, notes)
         else:
             axes[name] = (_FIXED[name](base) if name in _FIXED else getattr(base, name),)
     if flags.seed is None and given["seed"] is None:
@@ -184,6 +194,17 @@ def plan_compare(prompt: str, flags: Request, *, schedulers: str | None = None, 
 
 
 _FIXED = {"strength": strength_of, "lora_scale": lora_scale_of}  # an axis not given: the request's own value
+
+
+def _with_plain(name: str, values: tuple, base: ResolvedRequest, notes: list[str]) -> tuple:
+    """A speed axis with its plain value first (the request's own --quantize/--cache/--attention, else none or
+    auto): every cell is measured against it, so it is added where not given."""
+    if name not in SPEED_AXES:
+        return values
+    plain = getattr(base, name)
+    if plain not in values:
+        notes.append(f"{FLAGS[name]}: {plain} added, the cell the others are measured against")
+    return (plain, *(v for v in values if v != plain))
 
 
 def _distinct_schedulers(names: tuple, family, notes: list[str]) -> tuple:
@@ -223,7 +244,8 @@ def _request(prompt: str, flags: Request, values: dict) -> ResolvedRequest:
         return resolve(Request(**{**flags.given(), "prompt": prompt, "n": 1, "batch_size": 1,
                                   "scheduler": values["scheduler"], "steps": values["steps"],
                                   "cfg": values["cfg"], "strength": values.get("strength"),
-                                  "lora_scale": values.get("lora_scale"), "seed": 0}))
+                                  "lora_scale": values.get("lora_scale"), "seed": 0,
+                                  **{n: values[n] for n in SPEED_AXES if n in values}}))
     except UsageError as exc:
         raise UsageError(_name_axis(str(exc), values)) from None
 
@@ -233,7 +255,7 @@ def _grid_cells(prompt: str, flags: Request, axes: dict, varying: tuple) -> list
     resolved: dict[tuple, ResolvedRequest] = {}
     for combo in itertools.product(*(axes[n] for n in AXES)):
         values = dict(zip(AXES, combo))
-        key = (values["scheduler"], values["steps"], values["cfg"], values["strength"], values["lora_scale"])
+        key = tuple(v for n, v in values.items() if n != "seed")
         if key not in resolved:
             resolved[key] = _request(prompt, flags, values)
         req = replace(resolved[key], seed=values["seed"], seed_was_random=False)
@@ -246,13 +268,11 @@ def _grid_cells(prompt: str, flags: Request, axes: dict, varying: tuple) -> list
 def _reference_cells(prompt: str, flags: Request, axes: dict, varying: tuple, ref: tuple[str, int]) -> list[Cell]:
     """The --reference cell for each CFG and seed, when it is not on the grid: extra images, not grid cells."""
     cells = []
-    for cfg_value, strength, scale, seed in itertools.product(axes["cfg"], axes["strength"], axes["lora_scale"],
-                                                              axes["seed"]):
-        values = {"scheduler": ref[0], "steps": ref[1], "cfg": cfg_value, "strength": strength, "lora_scale": scale,
-                  "seed": seed}
-        req = replace(_request(prompt, flags, values), seed=seed, seed_was_random=False)
-        shown = {"scheduler": ref[0], "steps": ref[1],
-                 **{n: values[n] for n in ("cfg", "strength", "lora_scale", "seed") if n in varying}}
+    others = ("cfg", "strength", "lora_scale", *SPEED_AXES, "seed")
+    for combo in itertools.product(*(axes[n] for n in others)):
+        values = {"scheduler": ref[0], "steps": ref[1], **dict(zip(others, combo))}
+        req = replace(_request(prompt, flags, values), seed=values["seed"], seed_was_random=False)
+        shown = {"scheduler": ref[0], "steps": ref[1], **{n: values[n] for n in others if n in varying}}
         cells.append(Cell(req=req, values=shown, page=-1, row=-1, col=-1, extra=True))
     return cells
 
@@ -268,6 +288,10 @@ def _name_axis(message: str, values: dict) -> str:
         return "--strengths" + message[len("--strength"):]
     if message.startswith("--lora-scale:"):
         return "--lora-scales" + message[len("--lora-scale"):]
+    for name in SPEED_AXES:
+        flag = "--" + name
+        if message.startswith(flag + " ") or message.startswith(flag + ":"):
+            return FLAGS[name] + message[len(flag):]
     return message
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from ..output import first_free, slug, write_new, write_new_bytes
 from .plan import fmt, lora_scale_of, strength_of
 
-COLUMNS = ("scheduler", "steps", "cfg", "strength", "lora_scale", "seed", "wall_s", "denoise_s", "s_per_step", "model_steps", "reference",
+COLUMNS = ("scheduler", "steps", "cfg", "strength", "lora_scale", "quantize", "cache", "attention", "seed", "wall_s", "denoise_s", "s_per_step", "model_steps", "reference",
            "mean_abs_diff", "psnr_db", "role", "file")
 
 
@@ -32,7 +32,7 @@ def rows(result) -> list[dict]:
         req = c.cell.req
         out.append({
             "scheduler": req.scheduler.name, "steps": req.steps, "cfg": req.cfg, "strength": strength_of(req),
-            "lora_scale": lora_scale_of(req),
+            "lora_scale": lora_scale_of(req), "quantize": req.quantize, "cache": req.cache, "attention": req.attention,
             "seed": req.seed,
             "wall_s": round(c.wall_s, 4), "denoise_s": round(c.denoise_s, 4), "s_per_step": round(c.s_per_step, 5),
             "model_steps": c.model_steps, "reference": c.reference,

@@ -11,6 +11,7 @@ from typing import Any
 
 from ..errors import UsageError
 from ..progress import NullBatchProgress
+from ..runtime import LoadOptions
 from ..session import Session, pipeline_for, write
 from ..writer import BackgroundWriter
 from .convergence import convergence
@@ -75,7 +76,7 @@ def run_compare(plan: ComparePlan, *, progress=None) -> CompareResult:
     progress.start(total=len(plan.cells))
     writer = BackgroundWriter(max_pending=4)  # PNG encoding and sidecars overlap the next cell's denoising
     try:
-        for cell in plan.cells:
+        for cell in _by_settings(plan.cells):
             progress.current(cell.label)
             image, record, cell_result = _run_cell(session, cell, encoded, progress, result, len(plan.cells))
             result.cells.append(cell_result)
@@ -88,6 +89,8 @@ def run_compare(plan: ComparePlan, *, progress=None) -> CompareResult:
     finally:
         writer.close()
         progress.finish()
+    order = {id(cell): i for i, cell in enumerate(plan.cells)}
+    result.cells.sort(key=lambda c: order[id(c.cell)])  # the plan's order, whatever order they ran in
     convergence(result)
     write_reports(result)
     result.wall_s = time.perf_counter() - started
@@ -117,6 +120,11 @@ def _run_cell(session: Session, cell: Cell, encoded: dict, progress, result: Com
     import numpy as np
 
     req = cell.req
+    if LoadOptions.of(req) != session.requested:  # a speed axis: the model loads again with the cell's settings
+        t0 = time.perf_counter()
+        session.load(req, progress)
+        encoded.clear()
+        result.load_s += time.perf_counter() - t0
     session.pipe = pipeline_for(session.loaded, req)  # sets the cell's LoRA scale; the same pipeline otherwise
     scale = lora_scale_of(req)
     if scale not in encoded:
@@ -138,6 +146,14 @@ def _run_cell(session: Session, cell: Cell, encoded: dict, progress, result: Com
     cell_result = CellResult(cell=cell, wall_s=wall, denoise_s=call.timings["denoise_s"],
                              model_steps=len(steps_seen) or req.steps, pixels=np.asarray(image.convert("RGB")))
     return image, record, cell_result
+
+
+def _by_settings(cells) -> list[Cell]:
+    """The cells in plan order, grouped by their memory and speed settings (each group loads the model once)."""
+    groups: dict[LoadOptions, list[Cell]] = {}
+    for cell in cells:
+        groups.setdefault(LoadOptions.of(cell.req), []).append(cell)
+    return [cell for group in groups.values() for cell in group]
 
 
 def _write_cell(out_dir: Path, name: str, image, record: dict, cell_result: CellResult):

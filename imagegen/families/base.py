@@ -43,6 +43,14 @@ class Family:
     default_multiple: int = 8  # used only when the model's configs cannot be read
     pipeline_multiple: int = 1  # what the diffusers pipeline itself insists on, whatever the configs say
     denoiser: str = "unet"  # the pipeline component that runs every step (what --compile compiles)
+    # The denoiser's repeating block classes, for --compile regional where its diffusers class declares none
+    # (diffusers' `_repeated_blocks`, which compile_repeated_blocks reads).
+    repeated_blocks: tuple[str, ...] = ()
+    # --cache magcache: the name of diffusers' calibrated magnitude ratios for it (diffusers.hooks.mag_cache);
+    # --cache fastercache: regexes of its attention blocks' module names.
+    mag_ratios: str | None = None
+    attention_blocks: tuple[str, ...] = ()
+    gguf_architecture: str | None = None  # general.architecture of its GGUF transformer files (--quantize gguf:FILE)
     default_preset: str = ""  # the preset whose defaults a bare --model of this family takes
     class_presets: dict[str, str] = {}  # model_index.json class -> the preset for it, where not default_preset
     cfg_help: str = CLASSIC_CFG

@@ -29,6 +29,9 @@ class Flux(Family):
     }
     flow = True
     default_multiple = 16
+    mag_ratios = "FLUX_MAG_RATIOS"  # calibrated on FLUX.1-dev by MagCache's authors
+    attention_blocks = (r"transformer_blocks.*attn", r"single_transformer_blocks.*attn")
+    gguf_architecture = "flux"  # city96's GGUF files
     denoiser = "transformer"
     default_preset = "flux-schnell"
     class_presets = {"FluxFillPipeline": "flux-fill"}

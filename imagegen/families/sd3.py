@@ -25,7 +25,9 @@ class SD3(Family):
     }
     flow = True
     default_multiple = 16
+    gguf_architecture = "sd3"  # city96's GGUF files
     denoiser = "transformer"
+    repeated_blocks = ("JointTransformerBlock",)  # SD3Transformer2DModel declares none in diffusers 0.42
     default_preset = "sd3"
     controlnet_class = "SD3ControlNetModel"
     ip_adapter_encoder = "SiglipVisionModel"
