@@ -12,6 +12,7 @@ from typing import Callable
 from .adapters import ADAPTERS
 from .hashes import weights_sha256
 from .hub import BUILTIN, is_local, local_path
+from .quantize import map_files
 
 STDIN = "<stdin>"
 
@@ -61,6 +62,9 @@ def map_record(record: dict, image: Callable[[str], str], weights: Callable[[dic
     for adapter in ADAPTERS:
         if record.get(adapter.name):
             out[adapter.name] = adapter.map_paths(record[adapter.name], image, weights)
+    runtime = record.get("runtime")
+    if isinstance(runtime, dict) and isinstance(runtime.get("quantize"), str):  # a GGUF transformer file's path
+        out["runtime"] = {**runtime, "quantize": map_files(runtime["quantize"], image)}
     return out
 
 

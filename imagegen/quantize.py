@@ -95,6 +95,12 @@ def per_component(spec: str, denoiser: str) -> dict[str, Item]:
     return out
 
 
+def map_files(spec: str, path) -> str:
+    """The value with each GGUF file's path passed through `path` (a record's portable or replayed paths)."""
+    return ",".join(GGUF + path(part[len(GGUF):]) if part.lower().startswith(GGUF) else part
+                    for part in spec.split(","))
+
+
 def gguf_file(spec: str) -> str | None:
     return next((item.file for item in items(spec) if item.kind == "gguf"), None)
 

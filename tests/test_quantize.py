@@ -79,7 +79,9 @@ def test_a_gguf_transformer_loads_quantized_and_replays(cli, tiny_models, ggufs,
     model = tiny_models[family]
     plain, _ = generate(cli, model, tmp_path / "plain")
     image, record = generate(cli, model, tmp_path / "gguf", "--quantize", f"gguf:{ggufs[family]}")
-    assert record["runtime"]["quantize"] == f"gguf:{ggufs[family]}"
+    recorded = record["runtime"]["quantize"]  # portable metadata: relative to the image's folder, no absolute path
+    assert recorded.startswith("gguf:") and not Path(recorded[5:]).is_absolute()
+    assert (Path(image["path"]).parent / recorded[5:]).resolve() == ggufs[family].resolve()
     linears = {type(m).__name__ for m in loaded_pipe().transformer.modules() if "Linear" in type(m).__name__}
     assert "GGUFLinear" in linears
     assert 0 < pixels_apart(image, plain) < bound
