@@ -156,13 +156,24 @@ def gguf_architecture(file: str) -> str | None:
     return bytes(field.parts[field.data[0]]).decode() if field is not None else None
 
 
-def check_device(spec: str, device: str) -> None:
-    """nf4 and int4 run on CUDA kernels only."""
+def check_device(spec: str, device: str, offload: str = "none") -> None:
+    """nf4 and int4 run on CUDA kernels only, fp8 on GPUs of compute capability 8.9 (Ada, Hopper) and later;
+    bitsandbytes' modules cannot be moved block by block or layer by layer."""
     for item in items(spec):
         kind = KINDS.get(item.kind)
         if kind is not None and kind.cuda and not device.startswith("cuda"):
             raise UsageError(f"--quantize {item.text()}: {kind.about} needs a CUDA GPU (its kernels run only there); "
                              f"on {device} use int8 or fp8")
+        if item.kind == "fp8" and device.startswith("cuda"):
+            import torch
+
+            capability = torch.cuda.get_device_capability(device)
+            if capability < (8, 9):
+                raise UsageError(f"--quantize {item.text()}: float8 needs a GPU of compute capability 8.9 or later "
+                                 f"(this one is {capability[0]}.{capability[1]}); use int8")
+        if kind is not None and kind.backend == "bitsandbytes" and offload in ("group", "sequential"):
+            raise UsageError(f"--quantize {item.text()} with --offload {offload}: bitsandbytes' layers cannot be "
+                             f"moved one block or layer at a time; use --offload model")
 
 
 def configs(spec: str, family, pipeline_class, dtype: str) -> dict:

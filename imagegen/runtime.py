@@ -125,7 +125,7 @@ def _check_cache_family(cache: str, family) -> None:
 def check_device(options: LoadOptions, device: str) -> None:
     """Sequential offload moves single layers to the GPU: with no GPU there is nowhere to move them. nf4 and int4
     have CUDA kernels only."""
-    quantize.check_device(options.quantize, device)
+    quantize.check_device(options.quantize, device, options.offload)
     if options.offload == "sequential" and device == "cpu":
         raise UsageError("--offload sequential: needs a GPU (it streams each layer onto it); on the CPU there is "
                          "nothing to offload to: leave it out, or use model or group")

@@ -158,3 +158,19 @@ def test_nf4_configs_where_bitsandbytes_is_installed():
     assert type(made["transformer"]) is diffusers.BitsAndBytesConfig
     assert type(made["text_encoder_2"]) is transformers.BitsAndBytesConfig
     assert made["transformer"].bnb_4bit_quant_type == "nf4" and made["transformer"].load_in_4bit
+
+
+def test_device_refusals_before_loading(monkeypatch):
+    import torch
+
+    from imagegen.errors import UsageError
+    from imagegen.quantize import check_device
+
+    with pytest.raises(UsageError, match="needs a CUDA GPU"):
+        check_device("text_encoder_2=nf4", "cpu")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 6))  # an RTX 3090
+    with pytest.raises(UsageError, match="compute capability 8.9 or later \\(this one is 8.6\\); use int8"):
+        check_device("fp8", "cuda")
+    check_device("int8,text_encoder_2=int4", "cuda")  # fine there
+    with pytest.raises(UsageError, match="nf4 with --offload group: bitsandbytes' layers cannot be moved"):
+        check_device("nf4", "cuda", "group")
