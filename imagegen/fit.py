@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass, replace
 
+from .errors import ImagegenError
 from .runtime import LoadOptions
 # What each step of imagegen.memory.STEPS sets; every step past the first decodes in tiles, as its estimate assumes.
 TILED = {"vae_tiling": "on"}
@@ -80,7 +81,10 @@ def plan(req, options: LoadOptions, device: str, dtype: str, vram: int | None = 
     vram = device_vram() if vram is None else vram
     if vram is None:
         return None
-    est = estimate(req.model, (req.width, req.height), req.batch_size, dtype, cfg=req.cfg, preset=req.preset)
+    try:
+        est = estimate(req.model, (req.width, req.height), req.batch_size, dtype, cfg=req.cfg, preset=req.preset)
+    except (ImagegenError, OSError, ValueError, KeyError):  # sizes not readable (an unusual layout): no plan
+        return None
     result = choose(est.components, est.activations, vram)
     usable = [s for s in result.steps if importlib.util.find_spec(STEP_NEEDS.get(s.step, "torch")) is not None]
     first = next((i for i, s in enumerate(usable) if s.fits), len(usable) - 1)  # nothing fits: the last resort

@@ -142,3 +142,8 @@ def test_out_of_memory_steps_down_once_says_so_and_records_what_ran(cli, tiny_mo
                                  "estimated_peak": GiB, "stepped_down_from": "none"}
     replay = cli("reproduce", image["path"], "--verify")  # replays what ran, with --memory off
     assert replay.code == 0, replay.err
+
+
+def test_a_model_whose_sizes_cannot_be_read_is_not_planned(gpu):
+    gpu(8)
+    assert fit.plan(request("demo", model="builtin:nothing-here"), LoadOptions(), "cuda", "float32") is None
