@@ -292,14 +292,16 @@ CORE_FIELDS: tuple[Field, ...] = (
           panel=SPEED),
     Field("vae_slicing", parse_switch, (str,), "Decode a batch one image at a time (less memory, same pixels).",
           line=False, replay="runtime.vae_slicing", metavar="on|off", preset=True, panel=SPEED),
+    # attention and cache may differ per prompt-file line: a batch runs each setting's jobs as one group (one load)
     Field("attention", _attention, (str,), "The denoiser's attention backend (diffusers' set_attention_backend): auto "
-          "(PyTorch's SDPA), native, flash, sage, ...; checked against what is installed.", line=False,
-          replay="runtime.attention", hashed=("attention",), metavar="NAME", preset=True, unhashed="auto",
-          panel=SPEED),
+          "(PyTorch's SDPA), native, flash, sage, ...; checked against what is installed.",
+          replay="runtime.attention", hashed=("attention",), call=("attention",), metavar="NAME", preset=True,
+          unhashed="auto", panel=SPEED),
     Field("cache", parse_cache, (str,), "Reuse the denoiser's work between steps (diffusers' cache hooks; transformer "
-          "models such as Flux): fbcache[:THRESHOLD] (First Block Cache, default 0.05), taylorseer[:INTERVAL], or none "
-          "(default). Changes pixels: recorded.", line=False, replay="runtime.cache", hashed=("cache",),
-          metavar="NAME[:VALUE]", preset=True, unhashed="none", panel=SPEED),
+          "models such as Flux): fbcache[:THRESHOLD] (First Block Cache, default 0.05), taylorseer[:INTERVAL], "
+          "magcache[:THRESHOLD] (Flux), fastercache[:SKIP], or none (default). Changes pixels: recorded.",
+          replay="runtime.cache", hashed=("cache",), call=("cache",), metavar="NAME[:VALUE]", preset=True,
+          unhashed="none", panel=SPEED),
     Field("quantize", parse_quantize, (str,), "Load weights quantized, through diffusers' quantization configs: "
           "int8 or fp8 (torchao weight-only), int4 (torchao) or nf4 (bitsandbytes; both CUDA only) for the denoiser; "
           "COMPONENT=KIND for another part (text_encoder_2=int8: Flux's T5); gguf:FILE for a GGUF transformer "

@@ -614,3 +614,38 @@ def test_the_local_engine_by_name(cli, tiny_models, tmp_path):
                                         "--out", tmp_path / "run", "--seed", "1")
     assert code == 0, err
     assert summary["done"] == 2 and summary["process"] == {"rank": 0, "world": 1}
+
+
+@pytest.mark.slow
+def test_a_cache_per_line_runs_each_setting_as_one_group(cli, tiny_models, tmp_path, monkeypatch):
+    """"cache" and "attention" may differ per prompt-file line: the jobs of each setting load the model once."""
+    from imagegen import loading
+
+    loads = []
+    real = loading.load_model
+
+    def counted(*args, options, **kw):
+        if not loads or loads[-1] != options.cache:
+            loads.append(options.cache)
+        return real(*args, options=options, **kw)
+
+    monkeypatch.setattr(loading, "load_model", counted)
+    f = write(tmp_path / "p.jsonl", "".join(json.dumps(line) + "\n" for line in (
+        {"prompt": "a"}, {"prompt": "b", "cache": "fbcache:0.5"}, {"prompt": "c"}, {"prompt": "d", "cache": "fbcache:0.5"})))
+    code, summary, err = run_batch_json(cli, f, "--model", tiny_models["flux"], "--size", "64x64", "--steps", "3",
+                                        "--seed", "1", "--out", tmp_path / "run")
+    assert code == 0 and summary["done"] == 4, err
+    assert sorted(loads) == ["fbcache:0.5", "none"]  # one load per setting, in two groups
+    done = done_entries(tmp_path / "run")
+    caches = {}
+    for entry in done.values():
+        record = json.loads((tmp_path / "run" / entry["png"]).with_suffix(".json").read_text())
+        caches[record["prompt"]] = record["runtime"]["cache"]
+    assert caches == {"a": "none", "b": "fbcache:0.5", "c": "none", "d": "fbcache:0.5"}
+
+
+def test_an_unknown_cache_on_a_line_names_the_line(tmp_path):
+    f = write(tmp_path / "p.jsonl", '{"prompt": "a", "cache": "teacache"}\n{"prompt": "b", "quantize": "int8"}\n')
+    errors = read_prompt_file(str(f)).errors
+    assert "p.jsonl:1" in errors[0] and "unknown cache 'teacache'" in errors[0]
+    assert errors[1].endswith("p.jsonl:2: quantize is set for the whole run (--quantize or a preset key), not per line")

@@ -211,6 +211,9 @@ def _no_constant(name: str):
 def _json_type_problem(data: dict, where: str) -> str | None:
     """JSON values must already have the right type: a quoted "30" for steps is a mistake worth naming."""
     for key, value in data.items():
+        if key in FIELDS and key not in LINE_FIELDS:
+            return (f"{where}: {key} is set for the whole run ({FIELDS[key].flag}"
+                    + (" or a preset key" if FIELDS[key].preset else "") + "), not per line")
         if key not in LINE_FIELDS:
             return (f"{where}: unknown key {key!r}{closest(key, LINE_FIELDS)}; valid keys: "
                     f"{', '.join(sorted(LINE_FIELDS))}")

@@ -12,6 +12,7 @@ import time
 from ..errors import ImagegenError, Interrupted, OutOfMemory
 from ..portable import private_text, source_path
 from ..progress import NullBatchProgress
+from ..runtime import LoadOptions
 from ..session import Session, active, write
 from ..writer import BackgroundWriter
 from .engines import Engine, get_engine
@@ -108,8 +109,9 @@ def _resume(plan: BatchPlan, engine: Engine, manifest: ManifestWriter, result: B
 
 
 def _groups(pending: list[PlannedImage]) -> list[list[PlannedImage]]:
-    """Pending images grouped by group key, each in file order: by model, then by mode (its pipeline class), then by
-    the adapters' weights, so each is loaded (or swapped in) as few times as possible."""
+    """Pending images grouped by group key, each in file order: by model and its memory and speed settings, then by
+    mode (its pipeline class), then by the adapters' weights, so each is loaded (or swapped in) as few times as
+    possible."""
     groups: dict[tuple, list[PlannedImage]] = {}
     for item in pending:
         groups.setdefault(item.req.group_key(), []).append(item)
@@ -117,7 +119,8 @@ def _groups(pending: list[PlannedImage]) -> list[list[PlannedImage]]:
     def order(group: list[PlannedImage]) -> tuple:
         req = group[0].req
         weights = tuple(str(adapter.key(spec)) for adapter, spec in reversed(active(req)))
-        return (req.model, req.mode.task, req.pipeline_variant or "", weights, group[0].index)
+        return (req.model, str(LoadOptions.of(req)), req.mode.task, req.pipeline_variant or "", weights,
+                group[0].index)
 
     return sorted(groups.values(), key=order)
 
