@@ -55,6 +55,12 @@ class Fit:
             return None
         return replace(self, steps=self.steps[1:], stepped_from=self.step)
 
+    def at(self, step: str, stepped_from: str) -> Fit:
+        """This plan from `step` on (where an earlier load of the run stepped down to), if it holds that step."""
+        if step not in self.steps or self.steps.index(step) == 0:
+            return self
+        return replace(self, steps=self.steps[self.steps.index(step):], stepped_from=stepped_from)
+
     def line(self, label: str, size: str) -> str:
         gib = 2**30
         what = {"none": "everything on the GPU"}.get(self.step, self.step.replace("-", " "))

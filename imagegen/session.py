@@ -72,6 +72,7 @@ class Session:
         self.fit = None  # (request, device, dtype, imagegen.fit.Fit or None) of the last load
         self.requested = None  # the memory and speed settings the last load was asked for
         self._stepped = False  # --memory auto steps down once per run
+        self._stepped_to: tuple[str, str] | None = None  # (the step stepped down to, the one that ran out of memory)
 
     def placement(self, req) -> tuple[str, str]:
         """(device, dtype) for the request: an unavailable device is refused here, before anything loads."""
@@ -86,6 +87,8 @@ class Session:
         device, dtype = self.placement(req)
         self.requested = LoadOptions.of(req)  # what the request asked for (a memory plan may load it otherwise)
         fit = plan_memory(req, self.requested, device, dtype)
+        if fit is not None and self._stepped_to is not None:
+            fit = fit.at(*self._stepped_to)  # after a step down, later loads of the run start there
         if fit is not None:
             self._note(progress)(fit.line(req.preset or req.model, req.size))
         return self._load(req, progress, device, dtype, fit)
@@ -115,7 +118,7 @@ class Session:
         """The auto plan one step down after running out of memory (once per session), said; None if none."""
         lower = fit.down() if fit is not None and not self._stepped else None
         if lower is not None:
-            self._stepped = True
+            self._stepped, self._stepped_to = True, (lower.step, lower.stepped_from)
             progress.note(lower.line(req.preset or req.model, req.size))
             from .loading import unload
 

@@ -147,3 +147,39 @@ def test_out_of_memory_steps_down_once_says_so_and_records_what_ran(cli, tiny_mo
 def test_a_model_whose_sizes_cannot_be_read_is_not_planned(gpu):
     gpu(8)
     assert fit.plan(request("demo", model="builtin:nothing-here"), LoadOptions(), "cuda", "float32") is None
+
+
+def test_after_a_step_down_later_plans_start_where_it_stepped_to(gpu):
+    gpu(16)
+    planned = fit.plan(request("flux-dev"), LoadOptions(), "cuda", "bfloat16")
+    later = planned.at("group-offload", "int8")
+    assert later.step == "group-offload" and later.stepped_from == "int8" and later.down() is None
+    assert planned.at("none", "int8") is planned  # a plan that starts lower already is kept
+
+
+@pytest.mark.slow
+def test_a_batch_keeps_the_stepped_down_plan_for_its_later_groups(cli, tiny_models, tmp_path, monkeypatch):
+    from imagegen import loading, session
+    from imagegen.errors import OutOfMemory
+
+    loading._LOADED.clear()
+    planned = fit.Fit(steps=("none", "model-offload"), peaks={"none": 3 * GiB, "model-offload": GiB}, vram=2 * GiB,
+                      quantized="unet", denoiser="unet")
+    monkeypatch.setattr(session, "plan_memory", lambda req, *a: planned)
+    real = loading.load_model
+    tried = []
+
+    def short_of_memory(*args, options, **kw):
+        tried.append(options.offload)
+        if options.offload == "none":
+            raise OutOfMemory("out of memory moving the model to cuda (a stand-in)")
+        return real(*args, options=options, **kw)
+
+    monkeypatch.setattr(loading, "load_model", short_of_memory)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "a", "size": "64x64"}\n{"prompt": "b", "size": "64x32"}\n')  # two groups
+    result = cli("batch", prompts, "--model", tiny_models["sdxl"], "--steps", "2", "--out", tmp_path / "run", "-q",
+                 "--json")
+    assert result.code == 0, result.err
+    assert json.loads(result.out)["done"] == 2
+    assert tried == ["none", "model", "model"]  # the second group starts at the step the first stepped down to
