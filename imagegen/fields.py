@@ -285,8 +285,9 @@ CORE_FIELDS: tuple[Field, ...] = (
           replay=lambda record: "off", metavar="auto|off", preset=True, panel=SPEED),  # the record holds what ran
     Field("offload", parse_offload, (str,), "Keep weights on the CPU and move them to the GPU as they run: model "
           "(a component at a time), group (a block at a time, streamed on CUDA), sequential (a layer at a time; GPU "
-          "only); none (default) keeps everything on the device.", line=False, replay="runtime.offload",
-          metavar="none|model|group|sequential", preset=True, panel=SPEED),
+          "only); auto: the memory plan's choice (as --memory auto, even with --memory off; none off CUDA); none "
+          "(default) keeps everything on the device.", line=False, replay="runtime.offload",
+          metavar="none|model|group|sequential|auto", preset=True, panel=SPEED),
     Field("vae_tiling", parse_switch, (str,), "Decode the image in tiles (less memory for large images).", line=False,
           replay="runtime.vae_tiling", hashed=("vae_tiling",), metavar="on|off", preset=True, unhashed="off",
           panel=SPEED),

@@ -4,7 +4,8 @@ request's size and batch, the documented order of steps) and turned into the mem
 one line before loading; one step further down the order if the GPU still runs out of memory; recorded as what ran.
 
 Auto plans only where the user chose no memory setting of their own (--offload, --quantize); --memory off runs
-exactly what the flags say. On the CPU and MPS nothing is planned (there is no separate VRAM to fit)."""
+exactly what the flags say, and --offload auto asks for the plan whatever --memory says. On the CPU and MPS nothing
+is planned (there is no separate VRAM to fit); --offload auto is then none."""
 
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ class Fit:
 
     def options(self, base: LoadOptions) -> LoadOptions:
         """The memory settings of the chosen step over the request's own."""
+        base = base.concrete()
         settings = dict(STEP_SETTINGS[self.step])
         if "quantize" in settings and self.quantized and self.quantized != self.denoiser:
             settings["quantize"] = f"{self.quantized}={settings['quantize']}"
@@ -78,9 +80,8 @@ class Fit:
 
 def plan(req, options: LoadOptions, device: str, dtype: str, vram: int | None = None) -> Fit | None:
     """The auto plan for a request about to load on `device` (None: nothing to plan, or the user's settings rule)."""
-    if req.memory != "auto" or not device.startswith("cuda"):
-        return None
-    if options.offload != "none" or options.quantize != "none":
+    asked = options.offload == "auto" or (req.memory == "auto" and options.offload == "none")
+    if not asked or options.quantize != "none" or not device.startswith("cuda"):
         return None  # the user's own memory settings run as given
     from .memory import choose, device_vram, estimate
 

@@ -4,13 +4,13 @@ Cache, TaylorSeer). They form one frozen key: a loaded model is reused only with
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 from . import quantize
 from .errors import UsageError
 from .quiet import quiet_backends
 
-OFFLOADS = ("none", "model", "group", "sequential")
+OFFLOADS = ("none", "model", "group", "sequential", "auto")  # auto: the memory plan's (imagegen.fit), else none
 MEMORY_MODES = ("auto", "off")  # --memory (imagegen.fit)
 COMPILES = ("none", "regional", "full")  # regional: diffusers' compile_repeated_blocks; full: the whole denoiser
 SWITCHES = ("off", "on")
@@ -39,6 +39,10 @@ class LoadOptions:
     def of(cls, req) -> LoadOptions:
         """The request's settings (its attributes of the same names: the Memory and speed fields)."""
         return cls(**{f.name: getattr(req, f.name) for f in fields(cls)})
+
+    def concrete(self) -> LoadOptions:
+        """The settings as they run when no memory plan chose for them (--offload auto: none)."""
+        return replace(self, offload="none") if self.offload == "auto" else self
 
     def record(self) -> dict:
         """What the image's record says ran."""

@@ -96,7 +96,7 @@ class Session:
     def _load(self, req, progress, device: str, dtype: str, fit):
         from .loading import load_model  # looked up per call, so a test can stand in for the loader
 
-        options = fit.options(LoadOptions.of(req)) if fit is not None else LoadOptions.of(req)
+        options = fit.options(LoadOptions.of(req)) if fit is not None else LoadOptions.of(req).concrete()
         check_device(options, device)
         try:
             with progress.loading(req.model):

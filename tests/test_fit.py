@@ -183,3 +183,14 @@ def test_a_batch_keeps_the_stepped_down_plan_for_its_later_groups(cli, tiny_mode
     assert result.code == 0, result.err
     assert json.loads(result.out)["done"] == 2
     assert tried == ["none", "model", "model"]  # the second group starts at the step the first stepped down to
+
+
+def test_offload_auto_asks_for_the_plan_even_with_memory_off(gpu):
+    gpu(12)
+    planned = fit.plan(request("flux-dev", memory="off"), LoadOptions(offload="auto"), "cuda", "bfloat16")
+    assert planned.step == "group-offload" and planned.options(LoadOptions(offload="auto")).offload == "group"
+    gpu(80)  # everything fits: auto is none
+    planned = fit.plan(request("flux-dev", memory="off"), LoadOptions(offload="auto"), "cuda", "bfloat16")
+    assert planned.options(LoadOptions(offload="auto")).offload == "none"
+    assert fit.plan(request("flux-dev"), LoadOptions(offload="auto"), "cpu", "float32") is None
+    assert LoadOptions(offload="auto").concrete().offload == "none"  # what runs where nothing is planned
