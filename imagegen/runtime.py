@@ -179,16 +179,33 @@ def cache_config(pipe, family, cache: str, *, steps: int):
 
         settings.update(mag_ratios=getattr(mag_cache, family.mag_ratios), num_inference_steps=steps)
     elif name == "fastercache":
-        settings.update(current_timestep_callback=lambda: pipe.current_timestep, is_guidance_distilled=family.distilled_guidance,
+        denoiser = getattr(pipe, family.denoiser)
+        denoiser._imagegen_pipe = pipe  # the pipeline calling it now (before_call: img2img's shares the denoiser)
+        settings.update(current_timestep_callback=lambda: _current_timestep(denoiser._imagegen_pipe),
+                        is_guidance_distilled=family.distilled_guidance,
                         spatial_attention_block_identifiers=family.attention_blocks,
                         spatial_attention_timestep_skip_range=(-1, 681), attention_weight_callback=lambda _: 0.5)
     return getattr(diffusers.hooks, config_class)(**settings)
 
 
+def _current_timestep(pipe):
+    """The timestep the denoiser is being called at, from the scheduler (diffusers' Flux img2img, inpaint and Fill
+    pipelines keep no current_timestep of their own). Before the first step it is reported as infinite: diffusers'
+    FasterCache would otherwise skip attention on its first call when that timestep lies inside its range (an
+    img2img start) and find nothing cached."""
+    scheduler = pipe.scheduler
+    index = getattr(scheduler, "step_index", None)  # a scheduler keeping none: never inside the range, never skipped
+    if index is None:
+        return float("inf")
+    return scheduler.timesteps[min(index, len(scheduler.timesteps) - 1)]
+
+
 def before_call(pipe, family, options: LoadOptions, steps: int) -> None:
     """Per call: MagCache's ratios are interpolated to the call's step count, so its hooks are set for it here
-    (again when the count changes)."""
+    (again when the count changes); FasterCache reads the timestep of the pipeline calling (txt2img's or a mode's)."""
     denoiser = getattr(pipe, family.denoiser, None)
+    if denoiser is not None and options.cache.startswith("fastercache"):
+        denoiser._imagegen_pipe = pipe  # whose current timestep FasterCache reads
     if denoiser is None or not options.cache.startswith("magcache"):
         return
     if getattr(denoiser, "_imagegen_cache_steps", None) == steps:

@@ -250,3 +250,19 @@ def test_magcache_and_fastercache_change_the_image_and_replay(cli, tiny_models, 
     assert image["pixels_sha256"] != plain["pixels_sha256"]
     result = cli("reproduce", image["path"], "--verify")
     assert result.code == 0, result.err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cache", ["magcache:0.5", "fastercache"])
+def test_caches_follow_img2img_calls(cli, tiny_models, tmp_path, cache):
+    """img2img runs the last `strength` of the steps (MagCache's count) in a pipeline made with from_pipe, which keeps
+    no current timestep of its own (FasterCache reads the scheduler's)."""
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), (200, 100, 50)).save(tmp_path / "init.png")
+    result = cli("img2img", "a fox", "--image", tmp_path / "init.png", "--strength", "0.5", "--model",
+                 tiny_models["flux"], "--cache", cache, "--size", "64x64", "--steps", "8", "--seed", "2", "-o",
+                 tmp_path / "out", "--json")
+    assert result.code == 0, result.err
+    image = json.loads(result.out)["images"][0]
+    assert cli("reproduce", image["path"], "--verify").code == 0
