@@ -8,7 +8,8 @@ import pytest
 
 from imagegen import UsageError, list_presets, load_preset
 
-SHIPPED = {"sdxl", "sd3", "sd3.5-medium", "sd3.5-large", "flux-schnell", "flux-dev", "sd2", "sd15-inpaint", "sdxl-inpaint"}
+SHIPPED = {"sdxl", "sd3", "sd3.5-medium", "sd3.5-large", "sd3.5-large-turbo", "flux-schnell", "flux-dev", "sd2",
+           "sd15-inpaint", "sdxl-inpaint"}
 
 
 def test_shipped_presets_are_valid_and_real():
@@ -19,6 +20,9 @@ def test_shipped_presets_are_valid_and_real():
     assert presets["flux-schnell"].model == "black-forest-labs/FLUX.1-schnell"
     assert presets["flux-schnell"].defaults.steps == 4
     assert presets["sd3.5-large"].family.name == "sd3"
+    turbo = presets["sd3.5-large-turbo"]  # the model card: 4 steps, guidance_scale 0.0 (CFG off)
+    assert (turbo.model, turbo.family.name, turbo.defaults.steps, turbo.defaults.cfg) == (
+        "stabilityai/stable-diffusion-3.5-large-turbo", "sd3", 4, 1.0)
     assert presets["sdxl"].tables["controlnet"] == {"canny": "diffusers/controlnet-canny-sdxl-1.0",
                                            "depth": "diffusers/controlnet-depth-sdxl-1.0"}
     assert presets["sdxl"].tables["ip_adapter"]["model"] == "h94/IP-Adapter"
@@ -154,3 +158,14 @@ def test_presets_show_includes_the_adapter_tables(cli):
     data = json.loads(cli("presets", "show", "sdxl", "--json").out)
     assert data["controlnet"]["depth"] == "diffusers/controlnet-depth-sdxl-1.0"
     assert data["ip_adapter"]["weight"].endswith(".safetensors")
+
+
+@pytest.mark.slow
+def test_the_turbo_preset_runs_an_sd3_model_with_cfg_off(cli, tiny_models, tmp_path):
+    import json
+
+    result = cli("txt2img", "a fox", "--preset", "sd3.5-large-turbo", "--model", tiny_models["sd3"], "--size",
+                 "64x64", "--seed", "3", "-o", tmp_path, "--json")
+    assert result.code == 0, result.err
+    record = json.loads(open(json.loads(result.out)["images"][0]["sidecar"]).read())
+    assert (record["steps"], record["cfg"], record["model"]["preset"]) == (4, 1.0, "sd3.5-large-turbo")
