@@ -105,9 +105,9 @@ def gguf_file(spec: str) -> str | None:
     return next((item.file for item in items(spec) if item.kind == "gguf"), None)
 
 
-def check(spec: str, family, components: dict[str, str], single_file: bool) -> None:
+def check(spec: str, family, components: tuple[str, ...], single_file: bool) -> None:
     """Refuse, before loading, a component the model has not, a backend not installed and a GGUF file that is not
-    the family's transformer. `components`: the model's component -> library (model_index.json)."""
+    the family's transformer. `components`: the model's weight components (model_index.json; empty: unknown)."""
     import importlib.util
 
     for name, item in per_component(spec, family.denoiser).items():

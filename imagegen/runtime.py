@@ -88,7 +88,7 @@ def check(options: LoadOptions, info) -> None:
     quiet_backends()
     denoiser_class = info.denoiser_class
     if options.quantize != "none" and info.family is not None:
-        quantize.check(options.quantize, info.family, dict.fromkeys(info.components), info.checkpoint is not None)
+        quantize.check(options.quantize, info.family, info.components, info.checkpoint is not None)
     if options.cache != "none" and denoiser_class:
         import diffusers
         from diffusers.models.cache_utils import CacheMixin
