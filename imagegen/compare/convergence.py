@@ -25,9 +25,14 @@ def _ref_of(c, plan) -> tuple[str, int, dict]:
     return c.cell.req.scheduler.name, max(plan.axes["steps"]), plain
 
 
+def _varying(speed: dict, plan) -> list[str]:
+    """The speed settings that vary across the grid, as "quantize int8"."""
+    return [f"{n} {speed[n]}" for n in SPEED_AXES if n in plan.varying]
+
+
 def _label(scheduler: str, steps: int, speed: dict, plan) -> str:
-    """How a cell or reference is named: its scheduler and steps, and the speed settings that vary."""
-    return ", ".join([f"{scheduler}:{steps}", *(f"{n} {speed[n]}" for n in SPEED_AXES if n in plan.varying)])
+    """How a cell or reference is named in the results: its scheduler and steps, and the speed settings that vary."""
+    return ", ".join([f"{scheduler}:{steps}", *_varying(speed, plan)])
 
 
 def _speed(c) -> dict:
@@ -37,8 +42,7 @@ def _speed(c) -> dict:
 def describe(c, plan) -> str:
     """A cell in words: "Euler at 20 steps", with the speed settings that vary ("..., quantize int8")."""
     req = c.cell.req
-    return ", ".join([f"{req.scheduler.name} at {req.steps} steps",
-                      *(f"{n} {getattr(req, n)}" for n in SPEED_AXES if n in plan.varying)])
+    return ", ".join([f"{req.scheduler.name} at {req.steps} steps", *_varying(_speed(c), plan)])
 
 
 def convergence(result) -> None:

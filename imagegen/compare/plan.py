@@ -26,7 +26,7 @@ FLAGS = {"scheduler": "--schedulers", "steps": "--steps", "cfg": "--cfg", "stren
          "attention": "--attentions", "seed": "--seeds"}
 # Memory and speed axes: each cell is measured against the plain one (added to the axis where not given), and cells
 # with other settings load the model again (run.py runs them grouped by their settings).
-SPEED_AXES = {"quantize": "none", "cache": "none", "attention": "auto"}
+SPEED_AXES = ("quantize", "cache", "attention")
 DEFAULT_TOLERANCE = 2.0  # mean absolute pixel difference (0-255) still counted as "the same image"
 DEFAULT_MAX_IMAGES = 1000  # a larger grid needs --max-images: 1000 cells of a 1024px model are hours of work
 MAX_AXIS = 1000
