@@ -50,9 +50,13 @@ class Sampler:
     aliases: tuple[str, ...] = ()
     comfy_also: tuple[str, ...] = ()  # more ComfyUI sampler names for it, listed beside `comfy`
     steps: int = 20  # recommended step count (2nd-order samplers evaluate the model about twice per step)
+    others: tuple[tuple[str, Impl], ...] = ()  # (kind, impl) for a family's own kind (Family.schedule_kind)
 
     def impl(self, kind: str) -> Impl | None:
-        return self.eps if kind == "eps" else self.flow
+        return self.eps if kind == "eps" else self.flow if kind == "flow" else dict(self.others).get(kind)
+
+    def impls(self) -> tuple[Impl, ...]:
+        return tuple(i for i in (self.eps, self.flow, *dict(self.others).values()) if i)
 
 
 _SIGMA_SCHEDULES = ("karras", "exponential", "beta")
@@ -160,6 +164,8 @@ SAMPLERS: dict[str, Sampler] = {
         # every step. Their own timestep skipping allows at most 50 steps (original_inference_steps).
         Sampler("lcm", "LCM", "lcm", eps=Impl("LCMScheduler", stochastic=True, max_steps=50), steps=4),
         Sampler("tcd", "TCD", "tcd", eps=Impl("TCDScheduler", stochastic=True, max_steps=50), steps=4),
+        # sCM consistency sampling (SANA-Sprint): a trigflow model, which no other sampler here can drive.
+        Sampler("scm", "SCM", None, others=(("trigflow", Impl("SCMScheduler")),), steps=2),
     )
 }
 
@@ -172,7 +178,7 @@ def _family(family: Family | str) -> Family:
 
 
 def _kind(family: Family) -> str:
-    return "flow" if family.flow else "eps"
+    return family.schedule_kind or ("flow" if family.flow else "eps")
 
 
 def _impl(sampler: "Sampler", family: Family) -> "Impl | None":
@@ -226,7 +232,7 @@ def _build_index() -> dict[str, tuple[str, str | None, str | None]]:
     for sampler in SAMPLERS.values():
         names = {sampler.slug, sampler.a1111, *sampler.aliases, *sampler.comfy_also} | (
             {sampler.comfy} if sampler.comfy else set())
-        pinned = {impl.cls for impl in (sampler.eps, sampler.flow) if impl}
+        pinned = {impl.cls for impl in sampler.impls()}
         for name in names:
             add(name, (sampler.slug, None, None))
             for default in _DEFAULT_SCHEDULE_NAMES:
@@ -301,7 +307,7 @@ def resolve_scheduler(name: str, family: Family | str, *, where: str = "--schedu
     kind = _kind(family)
     impl = _impl(sampler, family)
     if pinned and (impl is None or impl.cls != pinned) and sampler.slug not in family.unsupported_samplers:
-        why = (
+        why = family.foreign_scheduler or (
             "an epsilon/v-prediction scheduler: on a flow-matching model it runs but draws wrong images"
             if kind == "flow"
             else "a flow-matching scheduler: it cannot drive an epsilon/v-prediction model"

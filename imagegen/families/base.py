@@ -40,6 +40,10 @@ class Family:
     # needs on top ("controlnet"). Keyed like diffusers' AUTO_*_PIPELINES_MAPPING, so a new mode is an entry here.
     pipelines: dict[tuple[str, str | None], str] = {}
     flow: bool = False  # flow-matching (rectified flow) models need flow-aware schedulers
+    # The scheduler registry's kind of sampler implementation it takes, where neither "flow" nor "eps" (imagegen.
+    # schedulers: SANA-Sprint's "trigflow"), and why another kind's scheduler class cannot drive it.
+    schedule_kind: str = ""
+    foreign_scheduler: str = ""
     default_multiple: int = 8  # used only when the model's configs cannot be read
     pipeline_multiple: int = 1  # what the diffusers pipeline itself insists on, whatever the configs say
     denoiser: str = "unet"  # the pipeline component that runs every step (what --compile compiles)
@@ -82,6 +86,12 @@ class Family:
     # Encoders that read a fixed number of tokens: (label, tokenizer attribute, tokens read (None: a CLIP chunk, from
     # its tokenizer), chunked under a1111).
     token_limits: tuple[tuple[str, str, int | None, bool], ...] = (("CLIP", "tokenizer", None, True),)
+    # Large (LLM) text encoders: each prompt is encoded alone, once per distinct prompt in a run, and passed as
+    # embeddings (their text path pads a batch to its longest prompt, so an image would depend on its batch).
+    encode_each_prompt: bool = False
+    # Edit (instruction editing from reference images; an ("edit", variant) pipeline entry turns it on): how many
+    # reference images one edit takes at most.
+    edit_images: int = 1
     # Single-file checkpoints (imagegen.checkpoints): the kinds, most specific first (the last one names only what
     # every file of the family has), and the pipeline component -> a regex of the tensor names it holds there.
     checkpoints: tuple[Checkpoint, ...] = ()
@@ -189,6 +199,20 @@ class Family:
         """The encoded prompt as one call at this --cfg takes it."""
         return embeddings
 
+    # ---- edit
+
+    def edit_size(self, sizes: list[tuple[int, int]], multiple: int) -> tuple[int, int, str]:
+        """Without --size: the output (width, height) of an edit of reference images of these sizes, and the rule
+        that gave it, in words for the record."""
+        width, height = sizes[0]
+        return (max(multiple, width // multiple * multiple), max(multiple, height // multiple * multiple),
+                f"the first image's size, rounded down to a multiple of {multiple}")
+
+    def edit_arguments(self, images: list, width: int, height: int, count: int) -> dict:
+        """The call arguments that carry the reference images (PIL, as given) of one micro-batch of `count` images,
+        all of which edit the same references."""
+        return {"image": list(images) if len(images) > 1 else images[0]}
+
     # ---- latents
 
     def unpacked_latents(self, pipe, latents, width: int, height: int):
@@ -200,6 +224,23 @@ class Family:
     def flow_solver_kwargs(self, native: dict, shift: float) -> dict:
         """What a multistep flow solver needs beyond the common flow flags to match the native scheduler."""
         return {}
+
+    @staticmethod
+    def shifted_solver_kwargs(native: dict, shift: float) -> dict:
+        """flow_solver_kwargs for a pipeline that always passes `mu` to set_timesteps (Flux's resolution shifting),
+        which the multistep solvers accept only with dynamic shifting. A model without dynamic shifting (FLUX.1
+        schnell: a fixed shift) gets base_shift == max_shift == ln(shift), so mu = ln(shift) at every size and the
+        solver's flow_shift = exp(mu) = shift, as its native scheduler."""
+        import math
+
+        kwargs = {"use_dynamic_shifting": True, "time_shift_type": native.get("time_shift_type", "exponential")}
+        if not native.get("use_dynamic_shifting", False):
+            kwargs["base_shift"] = kwargs["max_shift"] = math.log(shift)
+        else:
+            for key in ("base_shift", "max_shift", "base_image_seq_len", "max_image_seq_len"):
+                if key in native:
+                    kwargs[key] = native[key]
+        return kwargs
 
     # ---- single-file checkpoints
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 from .base import Checkpoint, Family
 
 _DIT = r"^(model\.diffusion_model\.)?double_blocks\.\d+\.img_"  # BFL's release files, and ComfyUI's prefix
@@ -131,18 +129,7 @@ class Flux(Family):
         return embeddings
 
     def flow_solver_kwargs(self, native: dict, shift: float) -> dict:
-        # FluxPipeline always passes `mu` to set_timesteps, and these solvers accept it only with dynamic shifting.
-        # A checkpoint without dynamic shifting (schnell: fixed shift 1.0) gets base_shift == max_shift ==
-        # ln(shift), so mu = ln(shift) at every size and the solver's flow_shift = exp(mu) = shift, as its native
-        # scheduler.
-        kwargs = {"use_dynamic_shifting": True, "time_shift_type": "exponential"}
-        if not native.get("use_dynamic_shifting", False):
-            kwargs["base_shift"] = kwargs["max_shift"] = math.log(shift)
-        else:
-            for key in ("base_shift", "max_shift", "base_image_seq_len", "max_image_seq_len"):
-                if key in native:
-                    kwargs[key] = native[key]
-        return kwargs
+        return self.shifted_solver_kwargs(native, shift)  # FluxPipeline always passes `mu` to set_timesteps
 
     def ip_adapter_load_kwargs(self) -> dict:
         return {"image_encoder_pretrained_model_name_or_path": None}  # imagegen registers the encoder itself

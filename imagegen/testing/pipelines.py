@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from . import builders  # noqa: F401  (the later families' builders register themselves)
 from .parts import _clip_tokenizer, _clip_vocab, _private_rng, _save, _seed, _t5_encoder, _t5_tokenizer, _vae, clip_text_config
+from .registry import TINY, tiny
 
 _SDXL_SCHEDULER_CONFIG: dict[str, Any] = {
     # stabilityai/stable-diffusion-xl-base-1.0 scheduler/scheduler_config.json. The keys EulerDiscrete does not
@@ -77,20 +79,6 @@ _FLUX_DEV_SCHEDULER_CONFIG: dict[str, Any] = {
     "shift": 3.0,
     "use_dynamic_shifting": True,
 }
-
-
-# family name -> a function (seed, **options) building its tiny pipeline in memory
-TINY: dict[str, Callable[..., Any]] = {}
-
-
-def tiny(family: str) -> Callable:
-    """Register the tiny builder of `family`."""
-
-    def register(builder: Callable) -> Callable:
-        TINY[family] = builder
-        return builder
-
-    return register
 
 
 def build_tiny(family: str, path: str | os.PathLike, *, seed: int = 0, safetensors: bool = True, **options) -> Path:
