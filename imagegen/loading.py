@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import quantize
+from .checkpoints.configs import reader
 from .checkpoints.load import load_checkpoint, load_gguf
 from .errors import ImagegenError, OutOfMemory, UsageError
 from .hub import is_local, load_error, local_path, resolved_revision
@@ -80,8 +81,8 @@ def load_model(model: str, *, family, revision: str | None, variant: str | None,
     import torch
     from diffusers import PipelineQuantizationConfig
 
-    cls = getattr(diffusers, family.pipeline_class())
     path = str(local_path(model)) if is_local(model) else model
+    cls = getattr(diffusers, loading_class(config_folder or path, family))
     try:
         configs = quantize.configs(options.quantize, family, cls, dtype)
         if config_folder is not None:
@@ -111,6 +112,14 @@ def load_model(model: str, *, family, revision: str | None, variant: str | None,
                          native_scheduler=dict(pipe.scheduler.config), options=options)
     _LOADED[key] = loaded
     return loaded
+
+
+def loading_class(source: str, family) -> str:
+    """The pipeline class a model loads as: the one its model_index.json declares where it is one of the family's
+    (an edit model's own components, such as Qwen-Image-Edit's processor, load with it), else the family's
+    text-to-image class. Every other mode is built from it with from_pipe."""
+    declared = (reader(source)("model_index.json") or {}).get("_class_name")
+    return declared if declared in family.declared_by() else family.pipeline_class()
 
 
 def unload() -> None:

@@ -358,7 +358,7 @@ def _activations(read, family, size: tuple[int, int], batch: int, dtype: str, cf
     """The denoiser's and the VAE's working memory at this size and batch (the module docstring's formulas)."""
     vae = read("vae/config.json") or {}
     channels = vae.get("block_out_channels") or [128, 256, 512, 512]
-    scale = 2 ** (len(channels) - 1)
+    scale = family.vae_scale(read) or 8
     patch = family.latent_patch(read, scale)[0]
     width_px, height_px = size
     tokens = math.ceil(width_px / scale / patch) * math.ceil(height_px / scale / patch)

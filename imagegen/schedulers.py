@@ -93,11 +93,8 @@ UNAVAILABLE: dict[str, str] = {
 SAMPLERS: dict[str, Sampler] = {
     s.slug: s
     for s in (
-        Sampler(
-            "euler", "Euler", "euler",
-            eps=Impl("EulerDiscreteScheduler", schedules=_EPS_SCHEDULES),
-            flow=Impl("FlowMatchEulerDiscreteScheduler", schedules=_SIGMA_SCHEDULES),
-        ),
+        Sampler("euler", "Euler", "euler", eps=Impl("EulerDiscreteScheduler", schedules=_EPS_SCHEDULES),
+                flow=Impl("FlowMatchEulerDiscreteScheduler", schedules=_SIGMA_SCHEDULES)),
         Sampler(
             "euler_a", "Euler a", "euler_ancestral",
             eps=Impl("EulerAncestralDiscreteScheduler", schedules=_SPACINGS, stochastic=True),
@@ -308,10 +305,8 @@ def resolve_scheduler(name: str, family: Family | str, *, where: str = "--schedu
     impl = _impl(sampler, family)
     if pinned and (impl is None or impl.cls != pinned) and sampler.slug not in family.unsupported_samplers:
         why = family.foreign_scheduler or (
-            "an epsilon/v-prediction scheduler: on a flow-matching model it runs but draws wrong images"
-            if kind == "flow"
-            else "a flow-matching scheduler: it cannot drive an epsilon/v-prediction model"
-        )
+            "an epsilon/v-prediction scheduler: on a flow-matching model it runs but draws wrong images" if kind == "flow"
+            else "a flow-matching scheduler: it cannot drive an epsilon/v-prediction model")
         raise UsageError(f"{where}: {pinned} is {why}; for {family.name}: {works}")
     if impl is None:
         raise UsageError(f"{where}: {sampler.a1111} does not work with {family.name} models; for {family.name}: {works}")

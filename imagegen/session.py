@@ -297,7 +297,7 @@ def pipeline_for(loaded, req, task: str | None = None):
     shaping = [(adapter, spec) for adapter, spec in active(req) if adapter.variant and task is None]
     variant = shaping[0][0].variant if shaping else req.pipeline_variant if task is None else None
     cls = req.family.pipeline_class(task or req.mode.task, variant)
-    if cls == req.family.pipeline_class() and not shaping:
+    if cls == type(base).__name__ and not shaping:
         return base
     key = (cls, tuple(adapter.key(spec) for adapter, spec in shaping))
     if key not in loaded.derived:

@@ -115,12 +115,18 @@ class Family:
 
     def size_rule(self, read: Callable[[str], dict | None]) -> tuple[int | None, int | None]:
         """(multiple, max side) from the model's configs, read without weights; (None, None) if unreadable."""
-        vae = read("vae/config.json")
-        if not vae or not vae.get("block_out_channels"):
+        scale = self.vae_scale(read)
+        if scale is None:
             return None, None
-        scale = 2 ** (len(vae["block_out_channels"]) - 1)
         patch, max_side = self.latent_patch(read, scale)
         return math.lcm(scale * patch, self.pipeline_multiple), max_side
+
+    def vae_scale(self, read: Callable[[str], dict | None]) -> int | None:
+        """Pixels per latent side (the VAE's downsampling), from its config; None if unreadable."""
+        vae = read("vae/config.json")
+        if not vae or not vae.get("block_out_channels"):
+            return None
+        return 2 ** (len(vae["block_out_channels"]) - 1)
 
     def guidance_embedded(self, read: Callable[[str], dict | None]) -> bool | None:
         """Whether the model's denoiser takes --guidance (a distilled guidance embedding); None if unknown."""
