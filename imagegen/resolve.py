@@ -72,12 +72,12 @@ def resolve(flags: Request, replay: Request | None = None, line: Request | None 
             f"{family.name}; pick a {info.family.name} preset or leave out --preset"
         )
     _check_syntax(merged)
-    run_mode = mode_for(merged, mode)
+    run_mode = mode_for(merged, mode, preset.can)
     variant = preset.pipeline_variant(run_mode)  # refuses a mode the preset cannot do, naming presets that can
     scheduler = resolve_scheduler(merged["scheduler"], family, steps=merged["steps"])
     preset.check_scheduler(scheduler)
     check_template(merged["name"])
-    width, height, multiple = _size(*_wanted_size(merged, top, info, family), info, family)
+    width, height, multiple = _size(*_wanted_size(merged, top, info, family, run_mode.task), info, family)
     adapters, notes = _adapters(merged, top, ResolveContext(
         preset=preset, family=family, task=run_mode.task, width=width, height=height, presets_with=_presets_with(family),
         multiple=multiple, max_side=info.max_side, variant=variant, size_given="size" in top, model=info))
@@ -163,15 +163,16 @@ def _check_syntax(merged: dict) -> None:
             raise UsageError(f"{where}: {exc}") from None
 
 
-def _wanted_size(merged: dict, top: dict, info, family) -> tuple[tuple[int, int], str]:
-    """(size, where it came from): --size when given; else the size an init image implies (its own, rounded); else
-    the preset's."""
+def _wanted_size(merged: dict, top: dict, info, family, task: str) -> tuple[tuple[int, int], str]:
+    """(size, where it came from): --size when given; else the size an init image implies (its own, rounded, or an
+    edit's by its family's rule); else the preset's."""
     if "size" not in top:
         multiple = info.multiple or family.default_multiple
         for adapter in ADAPTERS:
-            implied = adapter.default_size(merged, multiple)
+            implied = adapter.default_size(merged, multiple, task, family)
             if implied is not None:
-                return implied, f"--image {merged['image']}"
+                image = merged["image"]
+                return implied, f"--image {image if isinstance(image, str) else ', '.join(image)}"
     return merged["size"], "--size"
 
 

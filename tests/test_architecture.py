@@ -123,7 +123,7 @@ def test_files_and_functions_stay_small():
     assert long_files == [] and long_functions == []
 
 
-@pytest.mark.parametrize("command", ["txt2img", "img2img", "inpaint", "batch", "compare", "reproduce"])
+@pytest.mark.parametrize("command", ["txt2img", "img2img", "inpaint", "edit", "batch", "compare", "reproduce"])
 def test_cli_options_are_the_field_tables(command):
     """Every option a generating command takes for a request field is made from that field's one declaration."""
     import typer
@@ -141,7 +141,7 @@ def test_cli_options_are_the_field_tables(command):
         assert by_name[name].multiple == FIELDS[name].repeat, name
     # A single-mode command takes every line field but those of other modes; batch takes them all.
     refused = set(MODES[command].refuses) if command in MODES else {"strength", "lora_scale"} if command == "compare" else set()
-    refused |= {f.name for a in ADAPTERS if a.fields[0].name in refused for f in a.fields}
+    refused |= {f.name for a in ADAPTERS if a.fields and a.fields[0].name in refused for f in a.fields}
     if command in (*MODES, "batch"):  # every field a prompt-file line may set is a flag too
         assert set(LINE_FIELDS) - {"prompt"} - refused <= set(callback.fields)
         assert not refused & set(callback.fields)

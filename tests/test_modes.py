@@ -332,7 +332,7 @@ def test_bad_input_is_one_line_before_loading(cli, no_loading, models, pics, arg
 
 def test_a_mode_the_preset_cannot_do_names_presets_that_can(cli, no_loading, fill_model, pics):
     result = cli("txt2img", "x", "--preset", "flux-fill", "--steps", "2")
-    assert "preset 'flux-fill' cannot do txt2img; presets that can: flux-dev, flux-schnell" in one_error_line(result)
+    assert "preset 'flux-fill' cannot do txt2img; presets that can: flux-dev, flux-kontext, flux-schnell" in one_error_line(result)
     result = cli("img2img", "x", "--preset", "flux-fill", "--image", pics / "photo.png", "--steps", "2")
     assert "preset 'flux-fill' cannot do img2img; presets that can: flux-dev, flux-schnell" in one_error_line(result)
     # A FluxFill folder takes preset flux-fill by itself, so it is refused the same way.

@@ -47,7 +47,7 @@ def test_batch_size_is_capped_by_n():
         ({"size": (1020, 1024)}, "--size 1020x1024: width and height must be multiples of 8"),
         ({"size": (1000, 1024), "preset": "sd3"}, "multiples of 16 for this model"),
         ({"scheduler": "DDIM", "preset": "flux-schnell"}, "DDIM does not work with flux models"),
-        ({"guidance": 3.0}, "--guidance is Flux's distilled guidance; sdxl models use --cfg"),
+        ({"guidance": 3.0}, "distilled guidance; sdxl models use --cfg"),
         ({"preset": "nope"}, "unknown preset 'nope'"),
         ({"scheduler": "LMS", "preset": "sd3"}, "LMS does not work with sd3"),
     ],

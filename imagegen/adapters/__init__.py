@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from .base import Adapter, ResolveContext
 from .controlnet import ControlNet
+from .edit import Edit
 from .embedding import Embedding
 from .hires import Hires
 from .init_image import InitImage
@@ -15,6 +16,7 @@ from .vae import Vae
 
 ADAPTERS: tuple[Adapter, ...] = (
     InitImage(),
+    Edit(),
     ControlNet(),
     IPAdapter(),
     Lora(),

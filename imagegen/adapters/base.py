@@ -48,8 +48,8 @@ class Adapter:
         """The request's spec for this adapter (every input checked, its record computed), or None if unused."""
         raise NotImplementedError
 
-    def default_size(self, given: dict, multiple: int) -> tuple[int, int] | None:
-        """The output size this part implies when none was given (an init image's), or None."""
+    def default_size(self, given: dict, multiple: int, task: str, family) -> tuple[int, int] | None:
+        """The output size this part implies in this task when none was given (an init image's), or None."""
         return None
 
     def adjust(self, spec: Any, merged: dict, top: dict, family) -> list[str]:

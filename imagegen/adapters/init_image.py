@@ -13,7 +13,7 @@ from typing import Any
 
 from .. import canvas
 from ..errors import UsageError
-from ..fields import Field, choice, integer, name, number
+from ..fields import Field, choice, integer, name, names, number
 from ..inputs import InputImage, check_image, load_rgb
 from ..output import pixels_sha256
 from .base import Adapter, ResolveContext
@@ -33,6 +33,12 @@ def parse_strength(value: Any) -> float:
     if strength == 0:
         raise ValueError(f"must be above 0 and at most 1 (0 keeps the input unchanged), got {value!r}")
     return strength
+
+
+def image_names(value: Any) -> str | tuple[str, ...]:
+    """One image path (a string), or several (a tuple: an edit's references)."""
+    paths = names(value)
+    return paths[0] if len(paths) == 1 else paths
 
 
 def parse_extend(value: Any) -> tuple[int, int, int, int]:
@@ -56,8 +62,9 @@ def parse_extend(value: Any) -> tuple[int, int, int, int]:
 
 
 FIELDS = (
-    Field("image", name, (str,), "The init image (img2img, inpaint): what the picture starts from. The output size "
-          "defaults to its size, rounded to the model's multiple.", path="image", metavar="FILE"),
+    Field("image", image_names, (str, list), "The init image (img2img, inpaint): what the picture starts from; the "
+          "output size defaults to its size, rounded to the model's multiple. For edit: a reference image (repeat "
+          "for several, where the model takes them).", path="image", metavar="FILE", repeat=True, items=(str,)),
     Field("mask", name, (str,), "Inpaint mask, any size (resized to the image): white is repainted, black kept.",
           path="image", metavar="FILE"),
     Field("strength", parse_strength, (int, float), "Denoising strength in (0, 1]: how far from the init image the "
@@ -121,6 +128,15 @@ def _prepared(spec: InitSpec) -> tuple:
     return image, canvas.blurred(mask, spec.blur), canvas.overlay_mask(mask, spec.blur)
 
 
+def _one(image: str | tuple[str, ...], task: str) -> str:
+    """The init image; several --image values are an edit's references, which img2img and inpaint do not take."""
+    if isinstance(image, str):
+        return image
+    mode = "img2img" if task == "image2image" else task
+    raise UsageError(f"--image given {len(image)} times: {mode} starts from one image (several are reference images "
+                     f"for `imagegen edit`, on a preset that edits)")
+
+
 def check_steps(steps: int, strength: float, flags: tuple[str, str]) -> None:
     """diffusers runs int(steps x strength) steps of an img2img or inpaint pass: refuse one that would run none."""
     if int(steps * strength) < 1:
@@ -154,11 +170,11 @@ class InitImage(Adapter):
     record_shape = {"image": {"path": str, "sha256": str}, "strength": (int, float), "resize": str,
                     "mask": (dict, type(None)), "extend": (dict, type(None))}
 
-    def default_size(self, given: dict, multiple: int) -> tuple[int, int] | None:
+    def default_size(self, given: dict, multiple: int, task: str, family) -> tuple[int, int] | None:
         """Without --size: the init image's size (grown by --extend), rounded to the model's multiple."""
-        if given.get("image") is None:
+        if given.get("image") is None or task not in DEFAULT_STRENGTH:
             return None
-        image = check_image(given["image"], label=f"--image {given['image']}")
+        image = check_image(_one(given["image"], task), label=f"--image {given['image']}")
         width, height = image.width, image.height
         if given.get("extend"):
             left, top, right, bottom = canvas.grown(given["extend"], width, height, multiple)
@@ -169,7 +185,7 @@ class InitImage(Adapter):
         """The image and mask opened, decoded and hashed, the mask checked, and both prepared: no weights load."""
         if given.get("image") is None or ctx.task not in DEFAULT_STRENGTH:
             return None
-        image = check_image(given["image"], label=f"--image {given['image']}")
+        image = check_image(_one(given["image"], ctx.task), label=f"--image {given['image']}")
         mask = _mask_checked(given["mask"], f"--mask {given['mask']}") if given.get("mask") else None
         extend = given.get("extend")
         spec = InitSpec(

@@ -48,7 +48,7 @@ _SINGLE = {
 
 
 def _generate(mode: str, prompt: str, quiet: bool, json_: bool, fields: dict) -> None:
-    """The one implementation of txt2img, img2img and inpaint: a request layer, resolved for the mode, then run."""
+    """The one implementation of txt2img, img2img, inpaint and edit: a request layer, resolved for the mode, then run."""
     from ..generate import run
     from ..resolve import check_companions, resolve
 
@@ -87,6 +87,17 @@ def inpaint(
 ) -> None:
     """Repaint the white area of --mask in --image, or outpaint with --extend; the rest keeps its pixels."""
     _generate("inpaint", prompt, quiet, json_, fields)
+
+
+@app.command()
+@with_fields(mode_fields("edit"), **_SINGLE)
+def edit(
+    prompt: Annotated[str, typer.Argument(metavar="PROMPT", help="The instruction: what to change, what to keep.")],
+    quiet: Quiet = False, json_: Json = False, debug: Debug = False, **fields,
+) -> None:
+    """Edit --image by an instruction (repeat --image for several references, where the model takes them), on a
+    preset that edits (imagegen presets list shows them)."""
+    _generate("edit", prompt, quiet, json_, fields)
 
 
 _BATCH = {

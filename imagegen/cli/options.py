@@ -26,7 +26,7 @@ def mode_fields(mode: str) -> tuple[str, ...]:
     """The fields a single-mode command takes: every generating field but those its mode refuses (and, for a part
     whose first field it refuses, all of that part's)."""
     refused = set(get_mode(mode).refuses)
-    refused |= {f.name for a in ADAPTERS if a.fields[0].name in refused for f in a.fields}
+    refused |= {f.name for a in ADAPTERS if a.fields and a.fields[0].name in refused for f in a.fields}
     return tuple(name for name in GENERATION if name not in refused)
 
 

@@ -24,6 +24,7 @@ class Flux(Family):
         ("image2image", "controlnet"): "FluxControlNetImg2ImgPipeline",
         ("inpaint", "controlnet"): "FluxControlNetInpaintPipeline",
         ("inpaint", "fill"): "FluxFillPipeline",  # FLUX.1-Fill-dev's own pipeline: a preset names it (flux-fill)
+        ("edit", "kontext"): "FluxKontextPipeline",  # FLUX.1 Kontext's: a preset names it (flux-kontext)
     }
     flow = True
     default_multiple = 16
@@ -32,7 +33,8 @@ class Flux(Family):
     gguf_architecture = "flux"  # city96's GGUF files
     denoiser = "transformer"
     default_preset = "flux-schnell"
-    class_presets = {"FluxFillPipeline": "flux-fill"}
+    class_presets = {"FluxFillPipeline": "flux-fill", "FluxKontextPipeline": "flux-kontext"}
+    edit_images = 1  # Kontext reads one reference image
     cfg_help = ("Flux is guidance-distilled: 1 (the default) is off; > 1 turns on true CFG "
                 "(true_cfg_scale, with the negative prompt; a second transformer pass per step, about 2x cost). "
                 "Flux-dev's distilled guidance embedding is --guidance")
@@ -76,6 +78,25 @@ class Flux(Family):
         consts = tuple(width if type(c) is int and c == 3072 else c for c in code.co_consts)
         patched = types.FunctionType(code.replace(co_consts=consts), convert.__globals__, convert.__name__)
         return patched(load())
+
+    def edit_size(self, sizes: list[tuple[int, int]], multiple: int) -> tuple[int, int, str]:
+        # Kontext was trained at these resolutions; its pipeline moves the reference to the one nearest its aspect
+        # ratio, and BFL's reference code makes the output that size too.
+        from diffusers.pipelines.flux.pipeline_flux_kontext import PREFERRED_KONTEXT_RESOLUTIONS
+
+        width, height = sizes[0]
+        _, w, h = min((abs(width / height - w / h), w, h) for w, h in PREFERRED_KONTEXT_RESOLUTIONS)
+        return (w // multiple * multiple, h // multiple * multiple,
+                "Kontext's preferred resolution nearest the image's aspect ratio")
+
+    def edit_arguments(self, images: list, width: int, height: int, count: int) -> dict:
+        # The pipeline would scale any --size to its max_area (1 MP) and the reference to a preferred resolution:
+        # the reference goes in at the output's size (what its auto-resize does at the default size) and max_area
+        # is the output's, so --size is honoured exactly.
+        from PIL import Image
+
+        reference = images[0].resize((width, height), Image.LANCZOS)
+        return {"image": reference, "max_area": width * height, "_auto_resize": False}
 
     def lora_widths(self, read) -> tuple[tuple[str, int], ...]:
         return self.transformer_lora_widths(read)

@@ -98,16 +98,18 @@ def build_tiny_sd3(path: str | os.PathLike, *, seed: int = 0, safetensors: bool 
 
 
 def build_tiny_flux(path: str | os.PathLike, *, seed: int = 0, safetensors: bool = True,
-                    dynamic_shifting: bool = False, guidance_embeds: bool = False, fill: bool = False) -> Path:
+                    dynamic_shifting: bool = False, guidance_embeds: bool = False, fill: bool = False,
+                    kontext: bool = False) -> Path:
     """Build and save a tiny FluxPipeline (about 1.5 MB) in ``path``; returns the folder.
 
     By default the transformer has no guidance embedding (like FLUX.1-schnell); ``guidance_embeds=True`` gives it
     FLUX.1-dev's. ``dynamic_shifting=False`` gives schnell's scheduler config (static shift 1.0); ``True`` gives
     FLUX.1-dev's (resolution-dependent ``mu``). ``fill=True`` makes FLUX.1-Fill-dev's layout: a FluxFillPipeline
-    whose transformer also reads the masked image and the mask (in_channels 384 in the real one).
+    whose transformer also reads the masked image and the mask (in_channels 384 in the real one). ``kontext=True``
+    makes FLUX.1-Kontext-dev's: a FluxKontextPipeline (the same components, which also read a reference image).
     """
     return build_tiny("flux", path, seed=seed, safetensors=safetensors, dynamic_shifting=dynamic_shifting,
-                      guidance_embeds=guidance_embeds, fill=fill)
+                      guidance_embeds=guidance_embeds, fill=fill, kontext=kontext)
 
 
 @tiny("sdxl")
@@ -230,8 +232,10 @@ def _tiny_sd3(seed: int) -> Any:
 
 
 @tiny("flux")
-def _tiny_flux(seed: int, dynamic_shifting: bool = False, guidance_embeds: bool = False, fill: bool = False) -> Any:
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxFillPipeline, FluxPipeline, FluxTransformer2DModel
+def _tiny_flux(seed: int, dynamic_shifting: bool = False, guidance_embeds: bool = False, fill: bool = False,
+               kontext: bool = False) -> Any:
+    from diffusers import (FlowMatchEulerDiscreteScheduler, FluxFillPipeline, FluxKontextPipeline, FluxPipeline,
+                           FluxTransformer2DModel)
     from transformers import CLIPTextModel
 
     vocab = _clip_vocab()
@@ -260,7 +264,7 @@ def _tiny_flux(seed: int, dynamic_shifting: bool = False, guidance_embeds: bool 
     _seed(seed, 3)
     text_encoder_2 = _t5_encoder(t5_dim, len(t5_tok))
     config = _FLUX_DEV_SCHEDULER_CONFIG if dynamic_shifting else _FLUX_SCHNELL_SCHEDULER_CONFIG
-    pipe = (FluxFillPipeline if fill else FluxPipeline)(
+    pipe = (FluxFillPipeline if fill else FluxKontextPipeline if kontext else FluxPipeline)(
         scheduler=FlowMatchEulerDiscreteScheduler.from_config(config),
         vae=vae,
         text_encoder=text_encoder,
