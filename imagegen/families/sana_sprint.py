@@ -35,7 +35,7 @@ class SanaSprint(Family):
     # PixArt's by their GLUMBConv feed-forward (ff.conv_*), from SD3's and Flux's by attn1/attn2.
     lora_keys = r"(transformer\.|base_model\.model\.)?transformer_blocks\.\d+\.(attn[12]\.|ff\.conv_)"
     lora_not = (r"unet\.|text_encoder|lora_unet_|lora_te|.*(single_transformer_blocks|joint_blocks|double_blocks)|"
-                r".*\.ff\.net\.")
+                r".*\.(attn|ff\.net)\.")  # SD3's and Flux's attention and feed-forward (SD3.5 medium has attn2 too)
     weighted_encoders = ()  # no CLIP: A1111 weights cannot act; Gemma reads the text with them removed
     # The pipeline puts its complex human instruction before the prompt and cuts the whole to the instruction's
     # tokens + max_sequence_length - 2: the prompt itself keeps 298 tokens.

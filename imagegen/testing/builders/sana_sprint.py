@@ -65,7 +65,8 @@ def _tiny_sana_sprint(seed: int, patch_size: int = 1) -> Any:
     transformer = SanaTransformer2DModel(
         patch_size=patch_size, in_channels=latent, out_channels=latent, num_layers=2,
         num_attention_heads=2, attention_head_dim=8, num_cross_attention_heads=2, cross_attention_head_dim=8,
-        cross_attention_dim=16, caption_channels=caption, sample_size=16,
+        cross_attention_dim=16, caption_channels=caption,
+        sample_size=16,  # not the real 32: a call left with resolution binning on fails instead of running at 1024 px
         qk_norm="rms_norm_across_heads", guidance_embeds=True,  # Sprint's, as the 1.6B and 0.6B have them
     )
     _seed(seed, 1)
