@@ -62,6 +62,8 @@ class LoadedModel:
     cache: dict = field(default_factory=dict)  # adapters' weights (nets, image encoders) loaded for this model
     options: LoadOptions = LoadOptions()  # memory and speed settings it runs with (imagegen.runtime)
     memory: dict = field(default_factory=lambda: {"mode": "off", "plan": None})  # --memory's plan (imagegen.fit)
+    prompts: dict = field(default_factory=dict)  # encoded prompts, for families that encode each one (prompting.py)
+    text_encoders: list = field(default_factory=list)  # what the record says of them (text_encoders_of)
 
 
 _LOADED: dict[tuple, LoadedModel] = {}
@@ -109,9 +111,17 @@ def load_model(model: str, *, family, revision: str | None, variant: str | None,
     make_invariant(pipe, device)
     loaded = LoadedModel(pipe=pipe, model=model, family=family, revision=resolved_revision(model, revision),
                          variant=variant, dtype=dtype, device=device, pipeline_class=type(pipe).__name__,
-                         native_scheduler=dict(pipe.scheduler.config), options=options)
+                         native_scheduler=dict(pipe.scheduler.config), options=options,
+                         text_encoders=text_encoders_of(pipe))
     _LOADED[key] = loaded
     return loaded
+
+
+def text_encoders_of(pipe) -> list[dict]:
+    """Each text encoder of a pipeline: its component, class and parameter count (an LLM's 7 B are worth knowing)."""
+    return [{"component": name, "class": type(module).__name__,
+             "parameters": sum(p.numel() for p in module.parameters())}
+            for name, module in pipe.components.items() if name.startswith("text_encoder") and module is not None]
 
 
 def loading_class(source: str, family) -> str:

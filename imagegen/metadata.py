@@ -73,6 +73,7 @@ def build_record(req, loaded, *, seed: int, scheduler_config: dict, scheduler_cl
             "family": loaded.family.name,
             "pipeline_class": loaded.pipeline_class,
             "preset": req.preset,
+            "text_encoders": loaded.text_encoders,
             **_single_file(req),
         },
         "runtime": {"dtype": loaded.dtype, "device": loaded.device, "rng": "cpu", **loaded.options.record(),

@@ -35,16 +35,18 @@ def encoder_texts(req, adapters) -> tuple[str, str]:
 
 
 def prepare(pipe, reqs: list, adapters: list, note: Callable[[str], None], *, embed: bool = False,
-            device: str = "cpu") -> list[PromptBatch]:
-    """The micro-batch split into calls by how its prompts go in; `embed` encodes every prompt once (compare)."""
+            device: str = "cpu", cache: dict | None = None) -> list[PromptBatch]:
+    """The micro-batch split into calls by how its prompts go in; `embed` encodes every prompt once (compare), as
+    a family with large text encoders always does (Family.encode_each_prompt), through `cache`: a run encodes each
+    distinct prompt once."""
     import torch
 
     groups: dict = {}
     for index, req in enumerate(reqs):
         prompt, negative = encoder_texts(req, adapters)
         embeddings, prompt, negative = _one(pipe, req, prompt, negative, note)
-        if embeddings is None and embed:
-            embeddings = req.family.encode_prompt(pipe, prompt, negative, device)
+        if embeddings is None and (embed or req.family.encode_each_prompt):
+            embeddings = _encoded(pipe, req.family, prompt, negative, device, adapters, cache)
         key = None if embeddings is None else tuple(
             (name, None if value is None else tuple(value.shape)) for name, value in embeddings.items())
         groups.setdefault(key, []).append((index, prompt, negative, embeddings))
@@ -57,6 +59,24 @@ def prepare(pipe, reqs: list, adapters: list, note: Callable[[str], None], *, em
         batches.append(PromptBatch(indexes=tuple(i[0] for i in items), prompts=[i[1] for i in items],
                                    negatives=[i[2] for i in items], embeddings=embeddings))
     return batches
+
+
+CACHED_PROMPTS = 256  # encoded prompts kept per loaded model (an LLM encoder's are a few hundred KB each)
+
+
+def _encoded(pipe, family, prompt: str, negative: str, device: str, adapters: list, cache: dict | None) -> dict | None:
+    """The family's embeddings of a prompt and negative, from `cache` where this pipeline encoded them before with
+    the same in-place adapters (a text-encoder LoRA or an embedding changes them), else encoded and kept."""
+    key = (type(pipe).__name__, prompt, negative,
+           tuple((a.name, repr(a.hash_value(spec))) for a, spec in adapters if a.in_place))
+    if cache is not None and key in cache:
+        return cache[key]
+    embeddings = family.encode_prompt(pipe, prompt, negative, device)
+    if cache is not None:
+        if len(cache) >= CACHED_PROMPTS:
+            del cache[next(iter(cache))]  # the oldest
+        cache[key] = embeddings
+    return embeddings
 
 
 def _one(pipe, req, prompt: str, negative: str, note) -> tuple[dict | None, str, str]:

@@ -157,7 +157,7 @@ class Session:
         first = reqs[0]
         start = time.perf_counter()
         batches = [prompts] if prompts is not None else prepare(
-            self.pipe, reqs, active(first), self._note(progress), device=self.loaded.device)
+            self.pipe, reqs, active(first), self._note(progress), device=self.loaded.device, cache=self.loaded.prompts)
         images: list = [None] * len(reqs)
         denoise = 0.0
         for batch in batches:
@@ -177,7 +177,8 @@ class Session:
 
     def encode(self, req, progress) -> PromptBatch:
         """The request's prompts encoded once, for calls that share them (compare's cells)."""
-        return prepare(self.pipe, [req], active(req), self._note(progress), embed=True, device=self.loaded.device)[0]
+        return prepare(self.pipe, [req], active(req), self._note(progress), embed=True, device=self.loaded.device,
+                       cache=self.loaded.prompts)[0]
 
     def _note(self, progress) -> Callable[[str], None]:
         """progress.note, once per distinct message in this session (a long prompt in a batch is noted once)."""
