@@ -4,12 +4,23 @@ diffusers' converters expect."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 CONFIGS = Path(__file__).resolve().parents[1] / "imagegen" / "configs"
-REAL_CONFIGS = sorted(p.parent for p in CONFIGS.glob("*/model_index.json"))
+
+
+def _single_file_family(index: Path) -> bool:
+    """Whether the folder's pipeline belongs to a family with single-file checkpoint kinds (an original layout)."""
+    from imagegen.families import family_of_pipeline
+
+    family = family_of_pipeline(json.loads(index.read_text()).get("_class_name"))
+    return family is not None and bool(family.checkpoints)
+
+
+REAL_CONFIGS = sorted(p.parent for p in CONFIGS.glob("*/model_index.json") if _single_file_family(p))
 
 # what diffusers' infer_diffusers_model_type may say of a real-size header, per pipeline class prefix
 REAL_TYPES = {"StableDiffusionXL": {"xl_base", "xl_refiner", "xl_inpaint"},
