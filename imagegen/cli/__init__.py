@@ -8,6 +8,7 @@ import warnings
 import typer
 
 from ..errors import ImagegenError
+from ..quiet import quiet_backends
 from . import commands, listing, models, plan  # noqa: F401  (the commands register themselves on the app)
 from .app import add_examples, app
 from .options import with_bare_values
@@ -22,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     command = typer.main.get_command(app)
     with warnings.catch_warnings():
         if not debug:
+            quiet_backends()  # before anything imports diffusers (a family's rule may, while resolving)
             _one_line_warnings(quiet=bool({"-q", "--quiet"} & set(argv)))
         return _run(command, argv, debug)
 
