@@ -38,8 +38,9 @@ class SanaSprint(Family):
                 r".*\.(attn|ff\.net)\.")  # SD3's and Flux's attention and feed-forward (SD3.5 medium has attn2 too)
     weighted_encoders = ()  # no CLIP: A1111 weights cannot act; Gemma reads the text with them removed
     # The pipeline puts its complex human instruction before the prompt and cuts the whole to the instruction's
-    # tokens + max_sequence_length - 2: the prompt itself keeps 298 tokens.
-    token_limits = (("Gemma-2", "tokenizer", MAX_SEQUENCE_LENGTH - 2, False),)
+    # tokens (with BOS) + max_sequence_length - 2; the instruction's last token, the space after "User Prompt:",
+    # joins the prompt's first word, so the prompt keeps 299 of its own tokens.
+    token_limits = (("Gemma-2", "tokenizer", MAX_SEQUENCE_LENGTH - 1, False),)
     encode_each_prompt = True
 
     # ---- sizes
