@@ -269,7 +269,8 @@ def _adapters(merged: dict, top: dict, ctx: ResolveContext) -> tuple[tuple, list
             adapters.append((adapter.name, spec))
             notes.extend(adapter.adjust(spec, merged, top, ctx.family))
     notes.extend(ctx.family.cfg_notes(merged["cfg"], merged["negative"]))
-    if merged["negative"] and merged["cfg"] <= 1:
+    no_cfg = ctx.family.cfg_problem(ctx.family.pipeline_class(ctx.task, ctx.variant), 2.0)
+    if merged["negative"] and merged["cfg"] <= 1 and not no_cfg:
         notes.append(f"--cfg {merged['cfg']:g} turns guidance off, so the negative prompt has no effect; raise --cfg "
                      f"above 1")
     return tuple(adapters), notes

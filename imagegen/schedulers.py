@@ -162,7 +162,7 @@ SAMPLERS: dict[str, Sampler] = {
         Sampler("lcm", "LCM", "lcm", eps=Impl("LCMScheduler", stochastic=True, max_steps=50), steps=4),
         Sampler("tcd", "TCD", "tcd", eps=Impl("TCDScheduler", stochastic=True, max_steps=50), steps=4),
         # sCM consistency sampling (SANA-Sprint): a trigflow model, which no other sampler here can drive.
-        Sampler("scm", "SCM", None, others=(("trigflow", Impl("SCMScheduler")),), steps=2),
+        Sampler("scm", "SCM", None, others=(("trigflow", Impl("SCMScheduler", stochastic=True)),), steps=2),
     )
 }
 

@@ -252,6 +252,7 @@ class _Run:
         kwargs = call_arguments(self.reqs, self.prompts)
         kwargs.pop("output_type", None)
         kwargs.update(overrides)
+        kwargs.update(first.family.schedule_arguments(kwargs["num_inference_steps"]))
         output, _ = session._invoke(pipe, kwargs, self.seeds, self.progress, first)
         return list(output.images)
 
@@ -265,6 +266,7 @@ def call_arguments(reqs: list, prompts: PromptBatch | None = None) -> dict:
         kwargs.update(adapter.call_arguments(spec, first.family, first.mode.task, len(reqs)))
     negatives = prompts.negatives if prompts is not None else [r.negative for r in reqs]
     kwargs.update(first.family.guidance_arguments(first.cfg, first.guidance, negatives))
+    kwargs.update(first.family.schedule_arguments(kwargs["num_inference_steps"]))
     if prompts is not None and prompts.embeddings is not None:
         kwargs.pop("prompt")
         kwargs.pop("negative_prompt", None)

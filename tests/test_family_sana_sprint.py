@@ -109,7 +109,8 @@ def pipe(tiny):
 def _call(pipe, steps: int, arguments: dict | None = None, **kwargs):
     import torch
 
-    arguments = FAMILY.guidance_arguments(1.0, None, [""]) if arguments is None else arguments
+    if arguments is None:  # as imagegen.session.call_arguments makes them
+        arguments = {**FAMILY.guidance_arguments(1.0, None, [""]), **FAMILY.schedule_arguments(steps)}
     arguments = {"num_inference_steps": steps, "width": 64, "height": 64, "output_type": "np", **arguments, **kwargs}
     return pipe(generator=torch.Generator("cpu").manual_seed(1), **arguments).images
 
@@ -129,7 +130,6 @@ def test_steps_set_the_number_of_transformer_calls(pipe, steps):
 
 @pytest.mark.slow
 def test_two_steps_with_the_schedule_arguments_run_the_trained_timesteps(pipe):
-    # As a call will run once base.py passes the step count (schedule_arguments in place of guidance_arguments' None)
     calls = []
     handle = pipe.transformer.register_forward_pre_hook(lambda *_: calls.append(1))
     try:

@@ -24,7 +24,7 @@ FIELDS = (
           "steps x strength of them run).", metavar="INT", preset=True),
     Field("hires_upscaler", choice({k: k for k in UPSCALERS}, "latent or lanczos"), (str,),
           "latent: upscale the latents (bilinear, A1111's 'Latent'); lanczos: decode, upscale the image with "
-          "Lanczos, encode again. Default: latent", preset=True),
+          "Lanczos, encode again. Default: latent (lanczos where the img2img pipeline takes no latents)", preset=True),
 )
 
 
@@ -62,7 +62,11 @@ class Hires(Adapter):
         width, height = round_to(ctx.width * scale, ctx.multiple), round_to(ctx.height * scale, ctx.multiple)
         if ctx.max_side and max(width, height) > ctx.max_side:
             raise UsageError(f"--hires {scale:g}: {width}x{height} is over this model's {ctx.max_side} px a side")
-        spec = HiresSpec(scale=scale, upscaler=given.get("hires_upscaler") or "latent",
+        upscaler = given.get("hires_upscaler") or ("latent" if ctx.family.latent_hires else "lanczos")
+        if upscaler == "latent" and not ctx.family.latent_hires:
+            raise UsageError(f"--hires-upscaler latent: {ctx.family.label}'s img2img pipeline takes images, not "
+                             f"latents; use --hires-upscaler lanczos")
+        spec = HiresSpec(scale=scale, upscaler=upscaler,
                          strength=given.get("hires_strength") or DEFAULT_STRENGTH,
                          steps=given.get("hires_steps") or given["steps"], width=width, height=height)
         steps_flag = "--hires-steps" if given.get("hires_steps") else "--steps"

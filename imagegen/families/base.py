@@ -92,6 +92,7 @@ class Family:
     # Edit (instruction editing from reference images; an ("edit", variant) pipeline entry turns it on): how many
     # reference images one edit takes at most.
     edit_images: int = 1
+    latent_hires: bool = True  # its img2img pipeline takes latents (--hires-upscaler latent)
     # Single-file checkpoints (imagegen.checkpoints): the kinds, most specific first (the last one names only what
     # every file of the family has), and the pipeline component -> a regex of the tensor names it holds there.
     checkpoints: tuple[Checkpoint, ...] = ()
@@ -151,6 +152,10 @@ class Family:
         # An empty negative prompt is left to the pipeline's own default (SDXL: zero embeddings); the group key keeps
         # empty and non-empty negatives apart so this holds for every image of a micro-batch.
         return {"guidance_scale": cfg, "negative_prompt": negatives if any(negatives) else None}
+
+    def schedule_arguments(self, steps: int) -> dict:
+        """Call arguments that depend on the number of steps a call runs (SANA-Sprint's trained timesteps)."""
+        return {}
 
     def cfg_problem(self, pipeline_class: str | None, cfg: float) -> str | None:
         """Why this --cfg cannot run in that pipeline class (one line), or None."""

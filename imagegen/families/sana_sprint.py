@@ -20,6 +20,7 @@ class SanaSprint(Family):
     # A TrigFlow model: the registry's SCM sampler (SCMScheduler) is the only one that drives it.
     flow = False
     schedule_kind = "trigflow"
+    latent_hires = False  # its img2img pipeline resizes an image tensor to pixel size, and scales by sigma_data
     foreign_scheduler = ("not a TrigFlow consistency (sCM) scheduler: SANA-Sprint's pipelines give set_timesteps "
                          "max_timesteps and intermediate_timesteps and read the scheduler's sigma_data, which only "
                          "SCMScheduler has")
@@ -66,11 +67,9 @@ class SanaSprint(Family):
         # guidance_scale is the distilled guidance embedding; the pipelines take no negative prompt. The resolution
         # binning is off so the run is at --size (the size rule, the memory plan and the record say so), not at the
         # nearest 1024-px aspect bin resized afterwards; it also only accepts a transformer of sample_size 32.
-        # intermediate_timesteps: see schedule_arguments, which base.py does not call yet (imagegen issue 18).
-        return {"guidance_scale": GUIDANCE if guidance is None else guidance, "use_resolution_binning": False,
-                **self.schedule_arguments(None)}
+        return {"guidance_scale": GUIDANCE if guidance is None else guidance, "use_resolution_binning": False}
 
-    def schedule_arguments(self, steps: int | None) -> dict:
+    def schedule_arguments(self, steps: int) -> dict:
         """The call arguments that depend on the step count: SCMScheduler's trained intermediate timestep (1.3) is
         allowed at 2 steps only (the pipeline refuses it otherwise); any other count, or an unknown one, spaces
         its timesteps evenly from max_timesteps (pi/2) down to 0."""
