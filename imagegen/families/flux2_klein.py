@@ -71,7 +71,12 @@ class Flux2Klein(Family):
     # ---- prompts
 
     def prompt_limits(self, pipe) -> tuple[tuple[str, str, int | None, bool], ...]:
-        return (("Qwen3", "tokenizer", CUT_LENGTH - template_tokens(pipe.tokenizer, thinking=False), False),)
+        # The pipelines cut the templated text (thinking off: an empty think block), so the prompt's share is what
+        # the chat template leaves.
+        frame = pipe.tokenizer.apply_chat_template([{"role": "user", "content": ""}], tokenize=False,
+                                                   add_generation_prompt=True, enable_thinking=False)
+        used = len(pipe.tokenizer(frame, add_special_tokens=False)["input_ids"])
+        return (("Qwen3", "tokenizer", CUT_LENGTH - used, False),)
 
     def encode_prompt(self, pipe, prompt: str, negative: str, device: str) -> dict:
         import torch
@@ -89,19 +94,23 @@ class Flux2Klein(Family):
     # ---- edit
 
     def edit_size(self, sizes: list[tuple[int, int]], multiple: int) -> tuple[int, int, str]:
-        check_references(sizes)
-        width, height = sizes[0]
+        width, height = [reference_size(*size) for size in sizes][0]  # each checked before any weights load
         if width * height > REFERENCE_AREA:  # Flux2ImageProcessor._resize_to_target_area
             scale = math.sqrt(REFERENCE_AREA / (width * height))
             width, height = int(width * scale), int(height * scale)
         return (max(multiple, width // multiple * multiple), max(multiple, height // multiple * multiple),
-                f"the first image's size, shrunk to 1024x1024's area if larger, rounded down to a multiple of "
-                f"{multiple}")
+                f"the first image's size (shrunk to 1024x1024's area if larger, grown to {MIN_SIDE} px a side if "
+                f"smaller), rounded down to a multiple of {multiple}")
 
     def edit_arguments(self, images: list, width: int, height: int, count: int) -> dict:
         # One list of references: the pipeline encodes them once and gives every image of the batch the same ones.
-        check_references([image.size for image in images])
-        return {"image": list(images)}
+        from PIL import Image
+
+        def fitted(image):
+            size = reference_size(*image.size)
+            return image if size == image.size else image.resize(size, Image.Resampling.LANCZOS)
+
+        return {"image": [fitted(image) for image in images]}
 
     # ---- LoRA and schedulers
 
@@ -114,22 +123,14 @@ class Flux2Klein(Family):
         return self.shifted_solver_kwargs(native, shift)
 
 
-def template_tokens(tokenizer, *, thinking: bool) -> int:
-    """Tokens the chat template adds around a prompt (the pipeline cuts the templated text, not the prompt)."""
-    text = tokenizer.apply_chat_template([{"role": "user", "content": ""}], tokenize=False,
-                                         add_generation_prompt=True, enable_thinking=thinking)
-    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def check_references(sizes: list[tuple[int, int]]) -> None:
-    """Refuse a reference image the pipeline would refuse (too small, or too narrow), in one line."""
-    for width, height in sizes:
-        if min(width, height) < MIN_SIDE:
-            raise UsageError(f"--image: a {width}x{height} reference; FLUX.2 klein takes references at least "
-                             f"{MIN_SIDE} px a side")
-        if max(width, height) > MAX_ASPECT * min(width, height):
-            raise UsageError(f"--image: a {width}x{height} reference; FLUX.2 klein takes aspect ratios up to "
-                             f"{MAX_ASPECT}:1")
+def reference_size(width: int, height: int) -> tuple[int, int]:
+    """The size a reference is given to the pipeline at: grown to 64 px on its short side where smaller (the pipeline
+    refuses it mid-run, after loading); one past 8:1, which the pipeline refuses too, is refused here in one line."""
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        raise UsageError(f"--image: a {width}x{height} reference; FLUX.2 klein takes aspect ratios up to "
+                         f"{MAX_ASPECT}:1")
+    scale = MIN_SIDE / min(width, height)
+    return (width, height) if scale <= 1 else (round(width * scale), round(height * scale))
 
 
 FAMILY = Flux2Klein()
