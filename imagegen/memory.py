@@ -363,9 +363,7 @@ def _activations(read, family, size: tuple[int, int], batch: int, dtype: str, cf
     width_px, height_px = size
     tokens = math.ceil(width_px / scale / patch) * math.ceil(height_px / scale / patch)
     config = read(f"{family.denoiser}/config.json") or {}
-    heads, head_dim = config.get("num_attention_heads"), config.get("attention_head_dim")
-    width = heads * head_dim if isinstance(heads, int) and isinstance(head_dim, int) else \
-        (config.get("block_out_channels") or [320])[0]
+    width = family.denoiser_width(config) or 320
     # Classic CFG runs cond and uncond as one batch; true CFG (a second, separate pass) does not double it.
     doubled = cfg > 1 and "true_cfg_scale" not in family.guidance_arguments(cfg, None, [""])
     calls = batch * (2 if doubled else 1)

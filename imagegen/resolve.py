@@ -81,7 +81,7 @@ def resolve(flags: Request, replay: Request | None = None, line: Request | None 
     adapters, notes = _adapters(merged, top, ResolveContext(
         preset=preset, family=family, task=run_mode.task, width=width, height=height, presets_with=_presets_with(family),
         multiple=multiple, max_side=info.max_side, variant=variant, size_given="size" in top, model=info))
-    _check_pipeline(family, run_mode, variant, adapters, merged["cfg"], preset)
+    _check_pipeline(family, run_mode, variant, adapters, merged["cfg"], preset, reader(info.config or merged["model"]))
     _check_guidance(merged, top, info, family, notes)
     _check_revision(merged, top, info)
     speed = {name: merged[name] for name in SPEED_FIELDS}
@@ -176,8 +176,9 @@ def _wanted_size(merged: dict, top: dict, info, family, task: str) -> tuple[tupl
     return merged["size"], "--size"
 
 
-def _check_pipeline(family, mode, variant, adapters, cfg: float, preset) -> None:
-    """Refuse, before loading, an adapter the mode's pipeline cannot take and a --cfg its pipeline has no CFG for."""
+def _check_pipeline(family, mode, variant, adapters, cfg: float, preset, read) -> None:
+    """Refuse, before loading, an adapter the mode's pipeline cannot take and a --cfg its pipeline (or the model,
+    by its configs) has no CFG for."""
     shaping = [a for a in ADAPTERS if a.variant and a.name in dict(adapters)]
     if shaping and variant:
         raise UsageError(f"--{shaping[0].name}: preset {preset.name!r} runs {mode.name} with "
@@ -186,6 +187,8 @@ def _check_pipeline(family, mode, variant, adapters, cfg: float, preset) -> None
     problem = family.cfg_problem(cls, cfg)
     if problem:
         raise UsageError(problem)
+    if cfg > 1 and (why := family.cfg_ignored(read)):
+        raise UsageError(f"--cfg {cfg:g}: {why}; use --cfg 1")
     by_name = {a.name: a for a in ADAPTERS}
     rare = {arg: why for name, spec in adapters for arg, why in by_name[name].rare_arguments(spec).items()}
     if rare:

@@ -70,7 +70,9 @@ def test_cfg_is_guidance_scale_and_the_negative_goes_in_as_embeddings():
             assert set(args) <= pipeline_parameters(cls) and "negative_prompt" not in pipeline_parameters(cls)
     both = {"prompt_embeds": 1, "negative_prompt_embeds": 2}
     assert KLEIN.embeddings_for(both, 1.0) == {"prompt_embeds": 1} and KLEIN.embeddings_for(both, 4.0) == both
-    assert KLEIN.cfg_notes(1.0, "") == [] and "ignore" in KLEIN.cfg_notes(4.0, "")[0]
+    assert KLEIN.cfg_notes(1.0, "") == [] and "Base" in KLEIN.cfg_notes(4.0, "")[0]
+    assert "step-distilled" in KLEIN.cfg_ignored(lambda rel: {"is_distilled": True})
+    assert KLEIN.cfg_ignored(lambda rel: {"is_distilled": False}) is None
 
 
 def test_heun_and_schedule_types_on_dpm_are_refused_in_one_line(cli):
@@ -98,13 +100,14 @@ def run(cli, tmp_path, name: str, *args) -> np.ndarray:
 
 
 @pytest.mark.slow
-def test_cfg_acts_on_a_base_model_with_its_negative_and_not_on_a_distilled_one(cli, models, tmp_path):
+def test_cfg_acts_on_a_base_model_with_its_negative_and_is_refused_on_a_distilled_one(cli, models, tmp_path):
     base = ["txt2img", "a fox", "--size", "64x64", "--model", models["base"]]
     plain, guided = run(cli, tmp_path, "b1", *base), run(cli, tmp_path, "b4", *base, "--cfg", "4")
     negative = run(cli, tmp_path, "bn", *base, "--cfg", "4", "--negative", "blurry, dark")
     assert np.abs(plain - guided).mean() > 0 and np.abs(guided - negative).mean() > 0
     distilled = ["txt2img", "a fox", "--size", "64x64", "--model", models["distilled"]]
-    assert np.array_equal(run(cli, tmp_path, "d1", *distilled), run(cli, tmp_path, "d4", *distilled, "--cfg", "4"))
+    refused = cli(*distilled, "--cfg", "4")  # its pipeline would ignore it: refused before loading, not recorded
+    assert refused.code == 2 and "step-distilled" in refused.err and refused.err.count("\n") == 1
 
 
 @pytest.mark.slow

@@ -122,6 +122,14 @@ class Family:
         patch, max_side = self.latent_patch(read, scale)
         return math.lcm(scale * patch, self.pipeline_multiple), max_side
 
+    def denoiser_width(self, config: dict) -> int | None:
+        """The width of the denoiser's hidden states, from its config (memory plans), or None if unknown."""
+        heads, head_dim = config.get("num_attention_heads"), config.get("attention_head_dim")
+        if isinstance(heads, int) and isinstance(head_dim, int):
+            return heads * head_dim
+        channels = config.get("block_out_channels")
+        return channels[0] if channels else None
+
     def vae_scale(self, read: Callable[[str], dict | None]) -> int | None:
         """Pixels per latent side (the VAE's downsampling), from its config; None if unreadable."""
         vae = read("vae/config.json")
@@ -159,6 +167,10 @@ class Family:
 
     def cfg_problem(self, pipeline_class: str | None, cfg: float) -> str | None:
         """Why this --cfg cannot run in that pipeline class (one line), or None."""
+        return None
+
+    def cfg_ignored(self, read: Callable[[str], dict | None]) -> str | None:
+        """Why this model's pipeline ignores --cfg, from its configs (a step-distilled checkpoint), or None."""
         return None
 
     def cfg_notes(self, cfg: float, negative: str) -> list[str]:

@@ -62,11 +62,16 @@ class Flux2Klein(Family):
         # it. The pipelines take no negative_prompt: the negative comes in as negative_prompt_embeds (encode_prompt).
         return {"guidance_scale": cfg}
 
+    def cfg_ignored(self, read) -> str | None:
+        if (read("model_index.json") or {}).get("is_distilled"):
+            return "this FLUX.2 klein model is step-distilled (is_distilled): its pipeline ignores CFG"
+        return None
+
     def cfg_notes(self, cfg: float, negative: str) -> list[str]:
         if cfg <= 1:
             return []
         return [f"flux2-klein: --cfg {cfg:g} > 1 runs classifier-free guidance (a second transformer pass per step) "
-                f"on klein Base models; the step-distilled klein 4B and 9B ignore it"]
+                f"on this klein Base model"]
 
     # ---- prompts
 

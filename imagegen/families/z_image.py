@@ -89,6 +89,9 @@ class ZImage(Family):
 
     # ---- LoRA
 
+    def denoiser_width(self, config: dict) -> int | None:
+        return config.get("dim")  # ZImageTransformer2DModel's width (no heads x head dim in its config)
+
     def lora_widths(self, read) -> tuple[tuple[str, int], ...]:
         config = read("transformer/config.json") or {}
         dim = config.get("dim")  # attention's query projection takes the transformer's width
