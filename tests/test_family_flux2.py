@@ -53,10 +53,18 @@ def pixels(png):
     ([(96, 64)], (96, 64)),
     ([(100, 70), (64, 64)], (96, 64)),  # the first image's size, rounded down
     ([(2048, 1024)], (1440, 720)),  # 2 MP scaled to 1 MP (1448x724), then rounded down
+    ([(40, 56)], (64, 80)),  # grown to 64 px a side (64x90), as edit_arguments gives it
 ])
 def test_edit_size_is_the_pipelines_own_rule(sizes, expected):
     width, height, rule = FLUX2.edit_size(sizes, 16)
     assert (width, height) == expected and "first image" in rule
+
+
+def test_a_reference_past_8_to_1_is_refused_in_one_line():
+    from imagegen.errors import UsageError
+
+    with pytest.raises(UsageError, match="aspect ratios up to 8:1"):
+        FLUX2.edit_size([(96, 64), (900, 100)], 16)
 
 
 def test_edit_arguments_pass_every_reference_to_every_image():
