@@ -34,6 +34,8 @@ class QwenImage(Family):
     default_multiple = 16  # 8 pixels a latent x the 2x2 packing
     denoiser = "transformer"  # QwenImageTransformer2DModel declares its repeated blocks itself
     gguf_architecture = "qwen_image"  # city96's GGUF files (ComfyUI-GGUF's architecture name)
+    # No attention_blocks: FasterCache mixes the attention of true CFG's two passes, whose text lengths differ (on
+    # the tiny model it fails adding a 9-token output to a 6-token one); diffusers has no MagCache ratios for it.
     default_preset = "qwen-image"
     class_presets = {"QwenImageEditPlusPipeline": "qwen-image-edit"}
     cfg_help = ("true classifier-free guidance (true_cfg_scale): > 1 is on with the negative prompt (a space when "
