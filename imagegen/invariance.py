@@ -10,6 +10,8 @@ on torch 2.13 (x86, MKL + oneDNN), two places do this in a diffusion pipeline, a
   BLAS's small-matrix path. Inputs with fewer than `_MIN_ROWS` rows are padded with zero rows so every call takes
   the same path as a batched one; the padding costs nothing measurable on vectors this small.
 
+- Conv3d (the causal video VAEs of Qwen-Image and Wan, which pad in their own forward): the same, in the
+  `_conv_forward` every Conv3d forward ends in.
 - GroupNorm: its channels-last kernel (diffusers' attention blocks hand back channels-last views) splits work by
   batch; the contiguous kernel does not, so inputs are made contiguous first.
 
@@ -54,6 +56,21 @@ def _conv_forward(module):
     return forward
 
 
+def _conv3d_kernel(module):
+    """Conv3d's `_conv_forward` on oneDNN (a causal VAE's convolutions pad in their own `forward`, then call it)."""
+    import torch
+
+    original = module._conv_forward
+
+    def conv(x, weight, bias):
+        if x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() != 5 or torch.compiler.is_compiling():
+            return original(x, weight, bias)
+        return torch.mkldnn_convolution(x.contiguous(), weight, bias, module.padding, module.stride, module.dilation,
+                                        module.groups)
+
+    return conv
+
+
 def _group_norm_forward(module):
     import torch.nn.functional as F
 
@@ -64,7 +81,7 @@ def _group_norm_forward(module):
 
 
 def make_batch_invariant(pipe) -> int:
-    """Give every Linear, Conv2d and GroupNorm of the pipeline's models a batch-independent CPU kernel; returns how many."""
+    """Give every Linear, Conv2d, Conv3d and GroupNorm of the pipeline's models a batch-independent CPU kernel; returns how many."""
     import torch
 
     patched = 0
@@ -87,6 +104,9 @@ def make_batch_invariant(pipe) -> int:
                 and not isinstance(module.padding, str)
             ):
                 module.forward = _conv_forward(module)
+            elif (isinstance(module, torch.nn.Conv3d) and mkldnn and module.padding_mode == "zeros"
+                  and not isinstance(module.padding, str)):
+                module._conv_forward = _conv3d_kernel(module)
             else:
                 continue
             _PATCHED.add(module)

@@ -100,6 +100,7 @@ def load_model(model: str, *, family, revision: str | None, variant: str | None,
         raise
     except Exception as exc:  # diffusers wraps hub errors in OSError/ValueError: explain the cause in one line
         raise load_error(model, revision, exc) from exc
+    family.prepare_pipeline(pipe)
     try:
         place(pipe, options, device)
     except torch.OutOfMemoryError as exc:
@@ -167,8 +168,14 @@ def quiet_libraries() -> None:
     """Silence diffusers' and transformers' own bars and log lines, errors included: imagegen turns their exceptions
     into its one-line errors, and a logged error before that would be a second line."""
     quiet_backends()
+    import warnings
+
     import diffusers
     import transformers
+
+    # diffusers' own deprecations of its internals (Chroma's transformer builds the deprecated FluxPosEmbed): nothing
+    # a user of imagegen can act on
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"diffusers\.")
 
     diffusers.utils.logging.set_verbosity(diffusers.utils.logging.CRITICAL)
     diffusers.utils.logging.disable_progress_bar()

@@ -24,6 +24,18 @@ class PromptBatch:
     embeddings: dict | None = None  # the family's embedding arguments, one row per image
 
 
+def split(batch: PromptBatch, size: int) -> list[PromptBatch]:
+    """A call's images in calls of at most `size` (a pipeline that takes fewer prompts than a micro-batch has)."""
+    out = []
+    for start in range(0, len(batch.indexes), size):
+        part = slice(start, start + size)
+        embeddings = None if batch.embeddings is None else {
+            name: None if value is None else value[part] for name, value in batch.embeddings.items()}
+        out.append(PromptBatch(indexes=batch.indexes[part], prompts=batch.prompts[part],
+                               negatives=batch.negatives[part], embeddings=embeddings))
+    return out
+
+
 def encoder_texts(req, adapters) -> tuple[str, str]:
     """(prompt, negative) as the encoders read them: tags removed under a1111, then each adapter's rewrite."""
     prompt, negative = req.prompt, req.negative

@@ -118,6 +118,9 @@ def _check_cache_family(cache: str, family) -> None:
     name = cache.partition(":")[0]
     if family is None:
         return
+    if not family.cache_hooks:
+        raise UsageError(f"--cache {cache}: {family.label}'s pipelines do not set the cache context diffusers' cache "
+                         f"hooks read; leave --cache out")
     if name == "magcache" and not family.mag_ratios:
         raise UsageError(f"--cache {cache}: MagCache needs magnitude ratios calibrated for the model, and diffusers "
                          f"has none for {family.label}; use fbcache or taylorseer")

@@ -19,7 +19,7 @@ from .loading import make_invariant
 from .metadata import a1111_parameters, build_record, versions
 from .output import Written, pixels_sha256, write_image
 from .portable import for_writing
-from .prompting import PromptBatch, prepare
+from .prompting import PromptBatch, prepare, split
 from .runtime import LoadOptions, before_call, check_device, denoiser_calls
 from .schedulers import build_scheduler
 
@@ -158,6 +158,8 @@ class Session:
         start = time.perf_counter()
         batches = [prompts] if prompts is not None else prepare(
             self.pipe, reqs, active(first), self._note(progress), device=self.loaded.device, cache=self.loaded.prompts)
+        if limit := first.family.prompts_per_call.get(type(self.pipe).__name__):
+            batches = [part for batch in batches for part in split(batch, limit)]
         images: list = [None] * len(reqs)
         denoise = 0.0
         for batch in batches:
@@ -314,6 +316,7 @@ def pipeline_for(loaded, req, task: str | None = None):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             pipe = getattr(diffusers, cls).from_pipe(base, **components)
+        req.family.prepare_pipeline(pipe)
         pipe.set_progress_bar_config(disable=True)
         make_invariant(pipe, loaded.device)
         loaded.derived.clear()  # one variant pipeline at a time (the adapters' weights stay cached)

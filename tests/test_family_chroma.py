@@ -86,9 +86,6 @@ def test_img2img(cli, model, pics, tmp_path):
     assert pixels(png).shape == (64, 64, 3) and pixels(png).std() > 0
 
 
-@pytest.mark.xfail(strict=True, reason="diffusers 0.42.1's ChromaInpaintPipeline reads transformer.config."
-                   "guidance_embeds, which ChromaTransformer2DModel has not: it runs once Chroma.prepare_pipeline is "
-                   "called on built pipelines (a hook the generic code does not call yet; then this mark goes)")
 def test_inpaint(cli, model, pics, tmp_path):
     png = run(cli, model, tmp_path / "out", "--image", pics / "photo.png", "--mask", pics / "mask.png",
               "--steps", "3", command="inpaint")
@@ -97,11 +94,11 @@ def test_inpaint(cli, model, pics, tmp_path):
     assert np.array_equal(pixels(png)[unmasked], pixels(pics / "photo.png")[unmasked])
 
 
-def test_hires_fix_upscales_with_lanczos(cli, model, tmp_path):
+def test_hires_fix_upscales_the_latents(cli, model, tmp_path):
     png = run(cli, model, tmp_path / "out", "--size", "32x48", "--hires", "1.4", "--hires-steps", "2")
     with Image.open(png) as im:
         assert im.size == (48, 64)
-    assert record(png)["hires"]["upscaler"] == "lanczos"  # its img2img takes latents only once prepared
+    assert record(png)["hires"]["upscaler"] == "latent"  # its img2img takes latents once prepare_pipeline ran
 
 
 def test_prepared_pipelines_take_what_imagegen_passes(model, pics):

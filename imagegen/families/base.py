@@ -93,6 +93,8 @@ class Family:
     # reference images one edit takes at most.
     edit_images: int = 1
     latent_hires: bool = True  # its img2img pipeline takes latents (--hires-upscaler latent)
+    prompts_per_call: dict[str, int] = {}  # pipeline class -> the most prompts one call of it takes
+    cache_hooks: bool = True  # its pipelines set diffusers' cache context, which --cache's hooks read
     # Single-file checkpoints (imagegen.checkpoints): the kinds, most specific first (the last one names only what
     # every file of the family has), and the pipeline component -> a regex of the tensor names it holds there.
     checkpoints: tuple[Checkpoint, ...] = ()
@@ -221,6 +223,11 @@ class Family:
     def embeddings_for(self, embeddings: dict, cfg: float) -> dict:
         """The encoded prompt as one call at this --cfg takes it."""
         return embeddings
+
+    # ---- pipelines, once built
+
+    def prepare_pipeline(self, pipe) -> None:
+        """Fix a pipeline loaded or built (from_pipe) from this family's model where diffusers' code trips on it."""
 
     # ---- edit
 

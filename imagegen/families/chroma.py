@@ -20,9 +20,7 @@ class Chroma(Family):
         ("image2image", None): "ChromaImg2ImgPipeline",
         ("inpaint", None): "ChromaInpaintPipeline",
     }
-    # ChromaImg2ImgPipeline takes latents only once prepare_pipeline has fixed its image processor: until the generic
-    # code calls that hook, the hires fix upscales with Lanczos.
-    latent_hires = False
+    cache_hooks = False  # ChromaPipeline enters no cache_context, and FBCache knows no ChromaTransformerBlock
     flow = True
     default_multiple = 16
     denoiser = "transformer"
