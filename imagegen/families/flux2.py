@@ -26,6 +26,7 @@ class Flux2(Family):
     flow = True
     default_multiple = 16
     denoiser = "transformer"
+    cache_hooks = False  # Flux2Pipeline enters no cache_context, which the FBCache and TaylorSeer hooks read
     default_preset = "flux2-dev"
     edit_images = 6  # Black Forest Labs' editing guide: "recommended max 6" reference images for FLUX.2 [dev]
     cfg_help = ("FLUX.2 [dev] is guidance-distilled and has no classifier-free guidance: keep 1 (the default); how "
