@@ -275,6 +275,9 @@ class ControlNet(Adapter):
             raise UsageError(f"--control: diffusers has no {family.label} ControlNet pipeline for {ctx.task} (it has "
                              f"one for {', '.join(able)})")
         count = len(controls)
+        if count > family.controlnets:
+            raise UsageError(f"--control given {count} times: {family.label}'s ControlNet pipelines take "
+                             f"{family.controlnets} net{'s' if family.controlnets > 1 else ''} in imagegen")
         scales = _per_net(given.get("control_scale"), count, 1.0, "--control-scale")
         starts = _per_net(given.get("control_start"), count, 0.0, "--control-start")
         ends = _per_net(given.get("control_end"), count, 1.0, "--control-end")

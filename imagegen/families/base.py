@@ -65,6 +65,7 @@ class Family:
     # ControlNet: the net class (None: no ControlNet support) and config values that tell its nets from others'.
     controlnet_class: str | None = None
     controlnet_signature: dict[str, Any] = {}
+    controlnets: int = 8  # nets one call takes (several where its pipelines wrap a list in a multi-net)
     control_map_arguments: dict[str, str] = {}  # task -> the call argument its map goes in, where not control_image
     # IP-Adapter: the image encoder class its adapters were trained with (None: no support), reference images one
     # adapter takes, and the CFG scale set when the adapter acts only through CFG (None: it does not).

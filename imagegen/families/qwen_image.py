@@ -61,6 +61,7 @@ class QwenImage(Family):
     token_limits = (("Qwen2.5-VL", "tokenizer", MAX_SEQUENCE_LENGTH, False),)
     encode_each_prompt = True
     edit_images = 3  # the Edit-2509 card: best with 1 to 3 input images
+    controlnets = 1  # QwenImageControlNetPipeline takes no list of nets (it does not wrap one, as Flux's does)
     prompts_per_call = {"QwenImageEditPlusPipeline": 1}  # diffusers 0.42 raises on a batch of prompts there
 
     # ---- sizes
