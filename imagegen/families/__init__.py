@@ -13,7 +13,7 @@ from .base import TEXT2IMAGE, Family
 def _discover() -> dict[str, Family]:
     found = []
     for module in pkgutil.iter_modules(__path__):
-        if module.name != "base":
+        if module.name != "base" and not module.name.startswith("_"):  # "_name": a helper of some families
             found.append(importlib.import_module(f"{__name__}.{module.name}").FAMILY)
     return {f.name: f for f in sorted(found, key=lambda f: (f.released, f.name))}
 

@@ -3,13 +3,11 @@ edits from reference images in the same pipeline (Flux2Pipeline); flow matching 
 
 from __future__ import annotations
 
-from ..errors import UsageError
+from . import _flux2
 from .base import Family
 
 MAX_SEQUENCE_LENGTH = 512  # Flux2Pipeline's default: the chat template, system message included, is cut there
 DEFAULT_GUIDANCE = 4.0  # Flux2Pipeline's default and the model card's
-MAX_REFERENCE_AREA = 1024 * 1024  # Flux2Pipeline scales a larger reference image down to this many pixels
-MIN_SIDE, MAX_ASPECT = 64, 8  # and refuses one outside these (Flux2ImageProcessor.check_image_input)
 
 
 class Flux2(Family):
@@ -93,28 +91,10 @@ class Flux2(Family):
     # ---- edit
 
     def edit_size(self, sizes: list[tuple[int, int]], multiple: int) -> tuple[int, int, str]:
-        # Flux2Pipeline's own rule: the first reference (as edit_arguments gives it), scaled down to 1 MP if larger,
-        # then cropped to a multiple of the VAE scale times the 2x2 packing.
-        import math
-
-        width, height = [reference_size(*size) for size in sizes][0]  # each checked before any weights load
-        if width * height > MAX_REFERENCE_AREA:
-            scale = math.sqrt(MAX_REFERENCE_AREA / (width * height))
-            width, height = int(width * scale), int(height * scale)
-        return (max(multiple, width // multiple * multiple), max(multiple, height // multiple * multiple),
-                f"the first image's size (scaled down to 1 MP if larger, grown to {MIN_SIDE} px a side if "
-                f"smaller), rounded down to a multiple of {multiple}")
+        return _flux2.edit_size(sizes, multiple, "FLUX.2 [dev]")
 
     def edit_arguments(self, images: list, width: int, height: int, count: int) -> dict:
-        # A list is several references for every image of the call (not one per prompt): the pipeline encodes them
-        # once and repeats them over the batch. It scales each above 1 MP down and crops it to its multiple itself.
-        from PIL import Image
-
-        def fitted(image):
-            size = reference_size(*image.size)
-            return image if size == image.size else image.resize(size, Image.Resampling.LANCZOS)
-
-        return {"image": [fitted(image) for image in images]}
+        return _flux2.edit_arguments(images, "FLUX.2 [dev]")
 
     # ---- latents
 
@@ -138,15 +118,6 @@ class Flux2(Family):
         # Flux2Pipeline always passes its empirical `mu` (and leaves its sigmas out for a solver with flow sigmas).
         return self.shifted_solver_kwargs(native, shift)
 
-
-def reference_size(width: int, height: int) -> tuple[int, int]:
-    """The size a reference is given to the pipeline at: grown to 64 px on its short side where smaller (the pipeline
-    refuses it mid-run, after loading); one past 8:1, which the pipeline refuses too, is refused here in one line."""
-    if max(width, height) > MAX_ASPECT * min(width, height):
-        raise UsageError(f"--image: a {width}x{height} reference; FLUX.2 [dev] takes aspect ratios up to "
-                         f"{MAX_ASPECT}:1")
-    scale = MIN_SIDE / min(width, height)
-    return (width, height) if scale <= 1 else (round(width * scale), round(height * scale))
 
 
 FAMILY = Flux2()

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import math
 
-from ..errors import UsageError
+from . import _flux2
 from .base import Family
 
 MAX_REFERENCES = 4  # Black Forest Labs' FLUX.2 docs: klein 4B and 9B edit with up to 4 reference images
-REFERENCE_AREA = 1024 * 1024  # the pipeline shrinks a larger reference (and so its default output) to this area
-MIN_SIDE, MAX_ASPECT = 64, 8  # Flux2ImageProcessor.check_image_input refuses references outside these
 CUT_LENGTH = 512  # tokens of the templated prompt the pipeline reads (its max_sequence_length)
 
 
@@ -99,23 +97,10 @@ class Flux2Klein(Family):
     # ---- edit
 
     def edit_size(self, sizes: list[tuple[int, int]], multiple: int) -> tuple[int, int, str]:
-        width, height = [reference_size(*size) for size in sizes][0]  # each checked before any weights load
-        if width * height > REFERENCE_AREA:  # Flux2ImageProcessor._resize_to_target_area
-            scale = math.sqrt(REFERENCE_AREA / (width * height))
-            width, height = int(width * scale), int(height * scale)
-        return (max(multiple, width // multiple * multiple), max(multiple, height // multiple * multiple),
-                f"the first image's size (shrunk to 1024x1024's area if larger, grown to {MIN_SIDE} px a side if "
-                f"smaller), rounded down to a multiple of {multiple}")
+        return _flux2.edit_size(sizes, multiple, "FLUX.2 klein")
 
     def edit_arguments(self, images: list, width: int, height: int, count: int) -> dict:
-        # One list of references: the pipeline encodes them once and gives every image of the batch the same ones.
-        from PIL import Image
-
-        def fitted(image):
-            size = reference_size(*image.size)
-            return image if size == image.size else image.resize(size, Image.Resampling.LANCZOS)
-
-        return {"image": [fitted(image) for image in images]}
+        return _flux2.edit_arguments(images, "FLUX.2 klein")
 
     # ---- LoRA and schedulers
 
@@ -127,15 +112,6 @@ class Flux2Klein(Family):
         # multistep solvers take only with dynamic shifting: flow_shift = exp(mu), as the native scheduler's shift.
         return self.shifted_solver_kwargs(native, shift)
 
-
-def reference_size(width: int, height: int) -> tuple[int, int]:
-    """The size a reference is given to the pipeline at: grown to 64 px on its short side where smaller (the pipeline
-    refuses it mid-run, after loading); one past 8:1, which the pipeline refuses too, is refused here in one line."""
-    if max(width, height) > MAX_ASPECT * min(width, height):
-        raise UsageError(f"--image: a {width}x{height} reference; FLUX.2 klein takes aspect ratios up to "
-                         f"{MAX_ASPECT}:1")
-    scale = MIN_SIDE / min(width, height)
-    return (width, height) if scale <= 1 else (round(width * scale), round(height * scale))
 
 
 FAMILY = Flux2Klein()
