@@ -549,7 +549,9 @@ def test_compile_reports_its_warm_up(cli, tiny_models, tmp_path, monkeypatch):
                                         "--out", tmp_path / "run", "--compile")
     models._LOADED.clear()  # the compiled pipeline is not for other tests
     assert code == 0, err
-    assert summary["compile_warmup_s"] > 0  # the first call traces the UNet; later calls reuse it
+    # Reported whenever a group compiled (the first call traces the UNet; later calls reuse it). Its size is a
+    # timing: on a loaded machine a later call can take longer than the first, so only its presence is asserted.
+    assert summary["compile_warmup_s"] is not None and summary["compile_warmup_s"] >= 0
 
 
 @pytest.mark.slow
