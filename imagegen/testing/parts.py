@@ -8,6 +8,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+# FLUX.1-dev's scheduler config (resolution-dependent shifting), which Chroma1-HD, FLUX.2 dev and klein ship too.
+FLUX_DEV_SCHEDULER_CONFIG: dict[str, Any] = {
+    "base_image_seq_len": 256,
+    "base_shift": 0.5,
+    "max_image_seq_len": 4096,
+    "max_shift": 1.15,
+    "num_train_timesteps": 1000,
+    "shift": 3.0,
+    "time_shift_type": "exponential",
+    "use_dynamic_shifting": True,
+}
+
 BOS = "<|startoftext|>"
 EOS = "<|endoftext|>"
 

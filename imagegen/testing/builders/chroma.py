@@ -5,20 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..parts import _seed, _t5_encoder, _t5_tokenizer, _vae
+from ..parts import FLUX_DEV_SCHEDULER_CONFIG, _seed, _t5_encoder, _t5_tokenizer, _vae
 from ..registry import tiny
 
 # lodestones/Chroma1-HD scheduler config: FLUX.1-dev's (resolution-dependent shifting through the pipeline's mu).
-_SCHEDULER_CONFIG: dict[str, Any] = {
-    "base_image_seq_len": 256,
-    "base_shift": 0.5,
-    "max_image_seq_len": 4096,
-    "max_shift": 1.15,
-    "num_train_timesteps": 1000,
-    "shift": 3.0,
-    "time_shift_type": "exponential",
-    "use_dynamic_shifting": True,
-}
+_SCHEDULER_CONFIG: dict[str, Any] = dict(FLUX_DEV_SCHEDULER_CONFIG)
 
 
 @tiny("chroma")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..parts import _seed
+from ..parts import FLUX_DEV_SCHEDULER_CONFIG, _seed
 from ..registry import tiny
 
 # Mistral-Small-3.1's control tokens the chat template and the vision tower use, at its ids (tekken numbers its
@@ -36,16 +36,7 @@ CHAT_TEMPLATE = (
 
 # black-forest-labs/FLUX.2-dev scheduler config (FLUX.1-dev's: resolution-dependent shifting; Flux2Pipeline passes
 # its own empirical mu).
-_SCHEDULER_CONFIG: dict[str, Any] = {
-    "base_image_seq_len": 256,
-    "base_shift": 0.5,
-    "max_image_seq_len": 4096,
-    "max_shift": 1.15,
-    "num_train_timesteps": 1000,
-    "shift": 3.0,
-    "time_shift_type": "exponential",
-    "use_dynamic_shifting": True,
-}
+_SCHEDULER_CONFIG: dict[str, Any] = dict(FLUX_DEV_SCHEDULER_CONFIG)
 _TEXT_LAYERS = 30  # the pipeline stacks the hidden states of layers 10, 20 and 30
 
 

@@ -6,22 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..parts import _seed
+from ..parts import FLUX_DEV_SCHEDULER_CONFIG, _seed
 from ..registry import tiny
 from .qwen3_parts import qwen3_causal_lm, qwen3_tokenizer
 
 # black-forest-labs/FLUX.2-klein-4B scheduler/scheduler_config.json: resolution shifting, with `mu` from the
 # pipeline's own empirical formula (compute_empirical_mu), not from these base/max values.
-KLEIN_SCHEDULER_CONFIG: dict[str, Any] = {
-    "base_image_seq_len": 256,
-    "base_shift": 0.5,
-    "max_image_seq_len": 4096,
-    "max_shift": 1.15,
-    "num_train_timesteps": 1000,
-    "shift": 3.0,
-    "time_shift_type": "exponential",
-    "use_dynamic_shifting": True,
-}
+KLEIN_SCHEDULER_CONFIG: dict[str, Any] = dict(FLUX_DEV_SCHEDULER_CONFIG)
 ENCODER_LAYERS = 28  # hidden states 9, 18 and 27 are read (text_encoder_out_layers)
 
 
