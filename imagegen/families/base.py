@@ -215,6 +215,14 @@ class Family:
         """(label, tokenizer attribute, tokens it reads, whether the a1111 syntax chunks it) for the cut notes."""
         return self.token_limits
 
+    @staticmethod
+    def chat_template_share(pipe, cut: int, **template) -> int:
+        """The tokens of a prompt an LLM encoder keeps when its pipeline cuts the chat-templated text at `cut`: what
+        the template (rendered around an empty message, with `template`'s options) leaves."""
+        frame = pipe.tokenizer.apply_chat_template([{"role": "user", "content": ""}], tokenize=False,
+                                                   add_generation_prompt=True, **template)
+        return cut - len(pipe.tokenizer(frame, add_special_tokens=False)["input_ids"])
+
     def weighted_embeddings(self, pipe, encoded: list, plain: str, plain_negative: str, *,
                             negative_empty: bool) -> dict:
         """The embedding arguments from the weighted CLIP outputs (imagegen.weighting.Encoded, one per entry of

@@ -76,10 +76,7 @@ class Flux2Klein(Family):
     def prompt_limits(self, pipe) -> tuple[tuple[str, str, int | None, bool], ...]:
         # The pipelines cut the templated text (thinking off: an empty think block), so the prompt's share is what
         # the chat template leaves.
-        frame = pipe.tokenizer.apply_chat_template([{"role": "user", "content": ""}], tokenize=False,
-                                                   add_generation_prompt=True, enable_thinking=False)
-        used = len(pipe.tokenizer(frame, add_special_tokens=False)["input_ids"])
-        return (("Qwen3", "tokenizer", CUT_LENGTH - used, False),)
+        return (("Qwen3", "tokenizer", self.chat_template_share(pipe, CUT_LENGTH, enable_thinking=False), False),)
 
     def encode_prompt(self, pipe, prompt: str, negative: str, device: str) -> dict:
         import torch
