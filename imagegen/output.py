@@ -238,36 +238,59 @@ def write_new_bytes(path: Path, data: bytes) -> None:
             tmp.unlink()
 
 
-def _write_extra(path: Path, image) -> None:
-    """A derived image (no metadata): written atomically; one left from an earlier image of this name is replaced."""
+def _png_bytes(image, info=None) -> bytes:
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    tmp = _temp_with(path.parent, buffer.getvalue(), ".png")
+    image.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def _write_extra(path: Path, data: bytes) -> None:
+    """A derived image (no metadata): written atomically; one left from an earlier image of this name is replaced."""
+    tmp = _temp_with(path.parent, data, ".png")
     os.replace(tmp, path)
 
 
-def write_image(image, out_dir: Path, name: str, *, parameters: str | None, record: dict | None,
-                extras: list[tuple[str, object]] | None = None) -> Written:
-    """Write `<name>.png` (+ `<name>.json`) atomically; an existing name gets a -1, -2, ... suffix, never replaced."""
+@dataclass(frozen=True)
+class Encoded:
+    """An image encoded for writing: the PNG file's bytes (metadata chunks included), its sidecar's record, and its
+    extras' PNGs. Encoding is the costly part of a write, so it can happen where the image was made (a Ray worker)
+    and only the placing where the files go."""
+
+    png: bytes
+    sha256: str  # of the PNG file
+    record: dict | None  # the sidecar's record (None: pixels only)
+    extras: tuple[tuple[str, bytes], ...] = ()  # (label, PNG) for <stem>.<label>.png
+    encode_s: float = 0.0
+
+
+def encode_image(image, *, parameters: str | None, record: dict | None,
+                 extras: list[tuple[str, object]] | None = None) -> Encoded:
+    """The PNG of `image` with its A1111 `parameters` and JSON `record` chunks, and its extras' PNGs."""
     from PIL.PngImagePlugin import PngInfo
 
     start = time.perf_counter()
+    info = None
+    if record is not None:
+        info = PngInfo()
+        if parameters is not None:
+            info.add_text("parameters", parameters)
+        info.add_text("imagegen", json.dumps(record, ensure_ascii=True, allow_nan=False))
+    data = _png_bytes(image, info)
+    return Encoded(png=data, sha256=hashlib.sha256(data).hexdigest(), record=record,
+                   extras=tuple((label, _png_bytes(extra)) for label, extra in extras or ()),
+                   encode_s=time.perf_counter() - start)
+
+
+def place_image(encoded: Encoded, out_dir: Path, name: str) -> Written:
+    """Write `<name>.png` (+ `<name>.json`) atomically; an existing name gets a -1, -2, ... suffix, never replaced."""
+    start = time.perf_counter()
     target = out_dir / name
     folder = check_inside(out_dir, name)
+    record = encoded.record
     try:
         folder.mkdir(parents=True, exist_ok=True)
         check_inside(out_dir, name)  # a link swapped in while the folders were made
-        info = None
-        if record is not None:
-            info = PngInfo()
-            if parameters is not None:
-                info.add_text("parameters", parameters)
-            info.add_text("imagegen", json.dumps(record, ensure_ascii=True, allow_nan=False))
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG", pnginfo=info)
-        data = buffer.getvalue()
-        sha = hashlib.sha256(data).hexdigest()
-        tmp = _temp_with(folder, data, ".png")
+        tmp = _temp_with(folder, encoded.png, ".png")
         try:
             for attempt in range(10_000):
                 stem = target.name if attempt == 0 else f"{target.name}-{attempt}"
@@ -282,16 +305,24 @@ def write_image(image, out_dir: Path, name: str, *, parameters: str | None, reco
             if tmp.exists():
                 tmp.unlink()
         written_extras = []
-        for label, extra in extras or ():
+        for label, extra in encoded.extras:
             written_extras.append(folder / f"{png.stem}.{label}.png")
             _write_extra(written_extras[-1], extra)
         if record is not None:
-            data = sidecar_data(record, png.name, sha, save_s=time.perf_counter() - start)
+            data = sidecar_data(record, png.name, encoded.sha256,
+                                save_s=encoded.encode_s + time.perf_counter() - start)
             if written_extras:
                 data["output"]["control_maps"] = [p.name for p in written_extras]
             write_new(sidecar, data)
         _fsync_dir(folder)
     except OSError as exc:
         raise RunError(f"cannot write to {folder}: {exc.strerror or exc}") from exc
-    return Written(png=png, sidecar=sidecar if record is not None else None, sha256=sha,
-                   save_s=time.perf_counter() - start, extras=tuple(written_extras))
+    return Written(png=png, sidecar=sidecar if record is not None else None, sha256=encoded.sha256,
+                   save_s=encoded.encode_s + time.perf_counter() - start, extras=tuple(written_extras))
+
+
+def write_image(image, out_dir: Path, name: str, *, parameters: str | None, record: dict | None,
+                extras: list[tuple[str, object]] | None = None) -> Written:
+    """Write `<name>.png` (+ `<name>.json`) atomically; an existing name gets a -1, -2, ... suffix, never replaced."""
+    check_inside(out_dir, name)  # before the encoding: a name that leads out is refused as before
+    return place_image(encode_image(image, parameters=parameters, record=record, extras=extras), out_dir, name)

@@ -17,7 +17,7 @@ from .fit import plan as plan_memory
 from .fit import record as memory_record
 from .loading import make_invariant
 from .metadata import a1111_parameters, build_record, versions
-from .output import Written, pixels_sha256, write_image
+from .output import Encoded, Written, encode_image, pixels_sha256, place_image
 from .portable import for_writing
 from .prompting import PromptBatch, prepare, split
 from .runtime import LoadOptions, before_call, check_device, denoiser_calls
@@ -279,15 +279,20 @@ def call_arguments(reqs: list, prompts: PromptBatch | None = None) -> dict:
 
 
 def write(image, out_dir: Path, name: str, record: dict, req) -> Written:
-    """Write an image with its recipe (A1111 chunk, JSON chunk, sidecar) and its adapters' extras (control maps);
-    the record gains the pixel hash if it lacks one. Metadata 'portable' names local files without their absolute
-    paths (imagegen.portable); with 'none', only the pixels are written."""
+    """Write an image with its recipe (see `encode`), atomically and never over an existing file."""
+    return place_image(encode(image, out_dir, name, record, req), out_dir, name)
+
+
+def encode(image, out_dir: Path, name: str, record: dict, req) -> Encoded:
+    """An image encoded with its recipe (A1111 chunk, JSON chunk, sidecar record) and its adapters' extras (control
+    maps), for writing as `name` in `out_dir`; the record gains the pixel hash if it lacks one. Metadata 'portable'
+    names local files without their absolute paths (imagegen.portable); with 'none', only the pixels are written."""
     record.setdefault("output", {"pixels_sha256": pixels_sha256(image)})
     extras = [extra for adapter, spec in active(req) for extra in adapter.extras(spec)]
     if req.metadata == "none":
-        return write_image(image, out_dir, name, parameters=None, record=None, extras=extras)
+        return encode_image(image, parameters=None, record=None, extras=extras)
     written = for_writing(record, req.metadata, (Path(out_dir) / name).parent)
-    return write_image(image, out_dir, name, parameters=a1111_parameters(written), record=written, extras=extras)
+    return encode_image(image, parameters=a1111_parameters(written), record=written, extras=extras)
 
 
 def pipeline_for(loaded, req, task: str | None = None):

@@ -5,8 +5,9 @@ The run, in order:
    lines are reported together and nothing loads unless every line is valid (or --skip-invalid).
 2. resume (resume.py): images already in the manifest whose files still hash right are skipped, and images written
    just before a crash (file in place, manifest line missing) are adopted.
-3. run (run.py): the pending images are shared out by the engine (engines.py: local or accelerate), grouped by model
-   and group key, and run in micro-batches; a background writer saves each image and then appends its manifest line.
+3. run (run.py): the pending images are grouped by model and group key and handed to the engine (engines/: local,
+   accelerate), which makes them in micro-batches (make.py, wherever the engine runs it); this process's background
+   writer saves each image and then appends its manifest line.
 """
 
 from __future__ import annotations

@@ -14,7 +14,6 @@ from ..errors import ImagegenError, InvalidLines, UsageError
 from ..output import check_inside, check_out_dir, first_free
 from ..request import Request, ResolvedRequest
 from ..resolve import resolve
-from .engines import Engine, get_engine
 from .manifest import read_manifest, request_hash
 from .promptfile import Job, read_prompt_file
 
@@ -59,7 +58,7 @@ class BatchPlan:
 
 
 def prepare(path: str, flags: Request, *, base_seed: int | None = None, fmt: str | None = None, expand: bool = False,
-            skip_invalid: bool = False, restart: bool = False, stdin=None, engine: Engine | None = None,
+            skip_invalid: bool = False, restart: bool = False, stdin=None, engine=None,
             max_images: int = MAX_IMAGES) -> BatchPlan:
     """Parse and validate the whole file and fix every image's seed and name; loads no model."""
     prompt_file = read_prompt_file(path, fmt=fmt, expand=expand, stdin=stdin, max_jobs=max_images)
@@ -71,7 +70,7 @@ def prepare(path: str, flags: Request, *, base_seed: int | None = None, fmt: str
     check_out_dir(out_dir)
     if restart:
         out_dir = _fresh_folder(out_dir)
-    base_seed = _base_seed(out_dir, base_seed, engine or get_engine())
+    base_seed = _base_seed(out_dir, base_seed, engine)
     defaults = Request(**{**flags.given(), "name": flags.name or BATCH_NAME, "seed": None, "out": str(out_dir)})
     images, errors, resolved = _plan_jobs(prompt_file, defaults, base_seed)
     _refuse_bad_flag(resolved, defaults)
@@ -129,8 +128,9 @@ def _refuse_bad_flag(resolved: dict, defaults: Request) -> None:
             raise
 
 
-def _base_seed(out_dir: Path, given: int | None, engine: Engine) -> int:
-    """The run's base seed: the one recorded in the folder, else --seed, else random (the same in every process)."""
+def _base_seed(out_dir: Path, given: int | None, engine) -> int:
+    """The run's base seed: the one recorded in the folder, else --seed, else random (the same in every process of
+    the batch's engine, which broadcasts process 0's; no engine: this process alone)."""
     runs, _ = read_manifest(out_dir)
     recorded = next((r.get("base_seed") for r in runs if isinstance(r.get("base_seed"), int)), None)
     if recorded is not None and given is not None and given != recorded:
@@ -140,7 +140,8 @@ def _base_seed(out_dir: Path, given: int | None, engine: Engine) -> int:
         )
     if given is not None or recorded is not None:
         return given if given is not None else recorded
-    return engine.broadcast(int.from_bytes(os.urandom(4), "big"))  # every process must derive the same seeds
+    seed = int.from_bytes(os.urandom(4), "big")
+    return engine.broadcast(seed) if engine is not None else seed  # every process must derive the same seeds
 
 
 def _as_field(message: str) -> str:

@@ -9,13 +9,15 @@ import signal
 import threading
 import time
 
-from ..errors import ImagegenError, Interrupted, OutOfMemory
+from ..errors import Interrupted
+from ..output import place_image
 from ..portable import private_text, source_path
 from ..progress import NullBatchProgress
 from ..runtime import LoadOptions
-from ..session import Session, active, write
+from ..session import Session, active, encode
 from ..writer import BackgroundWriter
-from .engines import Engine, get_engine
+from .engines import Engine, Work, get_engine
+from .make import Outcome, RunInfo
 from .manifest import ManifestWriter
 from .plan import BatchPlan, PlannedImage
 from .result import BatchResult
@@ -62,7 +64,7 @@ def run_batch(plan: BatchPlan, *, batch_size: int | None = None, fail_fast: bool
         pending = _resume(plan, engine, manifest, result, progress, session.versions)
         runner = _Runner(plan, result, manifest, progress, session, batch_size=batch_size, fail_fast=fail_fast)
         with _Stop(progress) as stop:
-            runner.run(pending, stop)
+            runner.run(pending, stop, engine)
     except KeyboardInterrupt:
         raise Interrupted(
             f"stopped at once: {result.done} new images written, no partial files; run the same command again "
@@ -126,7 +128,8 @@ def _groups(pending: list[PlannedImage]) -> list[list[PlannedImage]]:
 
 
 class _Runner:
-    """The run loop of one process: groups, micro-batches, out-of-memory retries, failures, background writes."""
+    """The run loop of the process that owns the manifest: the engine makes the micro-batches; each outcome is
+    written here (failures recorded, images on a background writer) in the order it comes back."""
 
     def __init__(self, plan: BatchPlan, result: BatchResult, manifest: ManifestWriter, progress, session: Session, *,
                  batch_size: int | None, fail_fast: bool):
@@ -137,13 +140,22 @@ class _Runner:
         self.times: list[tuple[int, float]] = []  # (images, seconds) per call, for the compile warm-up
         self.writer: BackgroundWriter | None = None
 
-    def run(self, pending: list[PlannedImage], stop: _Stop) -> None:
+    def run(self, pending: list[PlannedImage], stop: _Stop, engine: Engine) -> None:
         if not pending:
             return
         self.progress.start(total=len(pending))
+        plan = self.plan
+        info = RunInfo(source=plan.source, images=len(plan.images), base_seed=plan.base_seed,
+                       out_dir=str(plan.out_dir.resolve()))
+        work = Work(session=self.session, progress=self.progress, info=info, batch_size=self.batch_size,
+                    fail_fast=self.fail_fast)
+        groups = _groups(pending)
+        self.compiled = any(group[0].req.compile != "none" for group in groups)
+        made = engine.produce(groups, work, stop)
         try:
-            for group in _groups(pending):
-                if stop.requested or not self._group(group, stop):
+            for batch in made:
+                self._take(batch)
+                if self.fail_fast and self.result.failed:
                     break
             self.result.interrupted = stop.requested
         except KeyboardInterrupt:
@@ -153,78 +165,40 @@ class _Runner:
                 self.writer = None
             raise
         finally:
+            made.close()  # an engine's workers stop here
             self._finish()
 
-    def _group(self, group: list[PlannedImage], stop: _Stop) -> bool:
-        """Run one group in micro-batches; False to stop the run (Ctrl-C or --fail-fast)."""
-        req = group[0].req
-        self.session.load(req, self.progress)
-        self.compiled |= req.compile != "none"
-        self.session.set_scheduler(req)
-        size = self.batch_size or self.session.auto_batch_size(req)
-        self.chosen[size] = True
+    def _take(self, made) -> None:
+        """One micro-batch back from the engine: failures recorded now, images queued for the writer."""
+        self.chosen[made.size] = True
+        self.times.append((len(made.outcomes), made.seconds))
+        self.result.denoise_s += made.denoise_s
+        for note in made.notes:
+            self.progress.note(note)
         if self.writer is None:
-            self.writer = BackgroundWriter(max_pending=2 * size)
-        for start in range(0, len(group), size):
-            if stop.requested:
-                return False
-            chunk = group[start : start + size]
-            t0 = time.perf_counter()
-            made = self._make(chunk)
-            self.times.append((len(chunk), time.perf_counter() - t0))
-            for item, image, call, position in made:
-                self.writer.submit(self._write_task(item, image, call, len(chunk), position))
-            if self.fail_fast and self.result.failed:
-                return False
-        return True
+            self.writer = BackgroundWriter(max_pending=2 * made.size)
+        for outcome in made.outcomes:
+            if outcome.error is not None:
+                self._fail(outcome.item, outcome.error)
+            else:
+                self.writer.submit(self._write_task(outcome))
 
-    def _make(self, chunk: list[PlannedImage]) -> list[tuple]:
-        """Run one micro-batch; on out-of-memory retry it in halves; a failure is recorded per image."""
-        self.progress.group(chunk)
-        try:
-            call = self.session.call([i.req for i in chunk], [i.seed for i in chunk], self.progress)
-        except OutOfMemory as exc:
-            out_of_memory = str(exc)  # retried below, outside the except: its traceback holds the call's tensors
-        except (ImagegenError, RuntimeError, ValueError, OSError) as exc:
-            self._fail(chunk, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-            return []
-        else:
-            self.result.denoise_s += call.timings["denoise_s"]
-            return [(item, image, call, offset) for offset, (item, image) in enumerate(zip(chunk, call.images))]
-        if len(chunk) == 1:
-            self._fail(chunk, out_of_memory)
-            return []
-        _empty_cache()
-        half = (len(chunk) + 1) // 2
-        self.progress.note(f"out of memory with {len(chunk)} images in one call: retrying as {half} + "
-                           f"{len(chunk) - half}")
-        first = self._make(chunk[:half])
-        if self.fail_fast and self.result.failed:
-            return first
-        return first + self._make(chunk[half:])
+    def _fail(self, item: PlannedImage, error: str) -> None:
+        self.manifest.append({"type": "failed", "key": item.key, "hash": item.hash, "job": item.job.index,
+                              "line": item.job.line, "image": item.image, "index": item.index,
+                              "error": private_text(error, item.req.metadata)})
+        self.result.failed += 1
+        self.result.failures.append({"line": item.job.line, "job": item.job.index, "image": item.image,
+                                     "prompt": item.req.prompt, "error": error})
+        self.progress.image_failed(item, error)
 
-    def _fail(self, chunk: list[PlannedImage], error: str) -> None:
-        for item in chunk:
-            self.manifest.append({"type": "failed", "key": item.key, "hash": item.hash, "job": item.job.index,
-                                  "line": item.job.line, "image": item.image, "index": item.index,
-                                  "error": private_text(error, item.req.metadata)})
-            self.result.failed += 1
-            self.result.failures.append({"line": item.job.line, "job": item.job.index, "image": item.image,
-                                         "prompt": item.req.prompt, "error": error})
-            self.progress.image_failed(item, error)
-
-    def _write_task(self, item: PlannedImage, image, call, size: int, position: int):
-        """The record is built now (the scheduler as it ran); the PNG, sidecar and manifest line on the writer."""
-        plan = self.plan
-        record = self.session.record(item.req, call, seed=item.seed,
-                                     timings={k: round(v, 4) for k, v in call.timings.items()},
-                                     batch={"image": item.index, "n": len(plan.images), "batch_size": size,
-                                            "position": position, "source": plan.source, "line": item.job.line,
-                                            "job": item.job.index, "request_hash": item.hash,
-                                            "base_seed": plan.base_seed})
+    def _write_task(self, outcome: Outcome):
+        """The PNG (unless the engine encoded it where it was made), sidecar and manifest line, on the writer."""
+        plan, item, record = self.plan, outcome.item, outcome.record
 
         def task():
-            written = write(image, plan.out_dir, item.name, record, item.req)
+            encoded = outcome.encoded or encode(outcome.image, plan.out_dir, item.name, record, item.req)
+            written = place_image(encoded, plan.out_dir, item.name)
             self.manifest.append(done_line(plan.out_dir, item, written.png, written.sidecar, written.sha256,
                                            record["output"]["pixels_sha256"]))
             self.result.done += 1
@@ -248,7 +222,6 @@ class _Runner:
             if self.compiled and self.times:
                 self.result.compile_warmup_s = _warmup(self.times)
 
-
 def _warmup(times: list[tuple[int, float]]) -> float:
     """The first call's extra time over the later calls' per-image time (compilation happens on the first call)."""
     count, first = times[0]
@@ -257,10 +230,3 @@ def _warmup(times: list[tuple[int, float]]) -> float:
         return first
     steady = later[len(later) // 2]
     return max(0.0, first - steady * count)
-
-
-def _empty_cache() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
