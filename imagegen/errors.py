@@ -26,6 +26,16 @@ class OutOfMemory(RunError):
     """The device ran out of memory for one pipeline call (a batch retries it with fewer images)."""
 
 
+class WorkerError(ImagegenError):
+    """An error a batch worker on another process or machine (a Ray actor) sent back: its one line, naming the
+    worker's host, with the exit code it would have had here; `remote_traceback` is shown with --debug."""
+
+    def __init__(self, message: str, exit_code: int = 1, remote_traceback: str = ""):
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.remote_traceback = remote_traceback
+
+
 class JobsFailed(ImagegenError):
     """A batch finished but some of its jobs failed (each recorded in the manifest): exit code 3."""
 

@@ -595,7 +595,9 @@ def test_the_engine_is_chosen_by_flag_then_environment_then_launcher(monkeypatch
     monkeypatch.setenv("IMAGEGEN_ENGINE", "local")
     assert engine_name() == "local" and engine_name("accelerate") == "accelerate"
     monkeypatch.setenv("IMAGEGEN_ENGINE", "ray")
-    with pytest.raises(UsageError, match="IMAGEGEN_ENGINE ray: unknown engine; choose auto, local, accelerate"):
+    assert engine_name() == "ray"
+    monkeypatch.setenv("IMAGEGEN_ENGINE", "dask")
+    with pytest.raises(UsageError, match="IMAGEGEN_ENGINE dask: unknown engine; choose auto, local, accelerate, ray"):
         engine_name()
 
 
@@ -606,7 +608,8 @@ def test_an_unknown_engine_is_one_line_before_loading(cli, tmp_path, monkeypatch
     f = write(tmp_path / "p.txt", "a fox\n")
     result = cli("batch", f, "--preset", "demo", "--engine", "acelerate", "--out", tmp_path / "run")
     assert result.code == 2 and result.err.count("\n") == 1
-    assert "--engine acelerate: unknown engine (did you mean 'accelerate'?); choose auto, local, accelerate" in result.err
+    assert ("--engine acelerate: unknown engine (did you mean 'accelerate'?); choose auto, local, accelerate, ray"
+            in result.err)
 
 
 @pytest.mark.slow

@@ -10,10 +10,10 @@ import sys
 
 import pytest
 
-HEAVY = ("torch", "diffusers", "transformers", "PIL", "numpy", "huggingface_hub")
+HEAVY = ("torch", "diffusers", "transformers", "PIL", "numpy", "huggingface_hub", "ray")
 
 
-@pytest.mark.parametrize("args", [["--help"], ["--version"], ["presets", "list"], ["presets", "show", "sd3"], ["schedulers", "--preset", "sd3"], ["txt2img", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["presets", "list"], ["presets", "show", "sd3"], ["schedulers", "--preset", "sd3"], ["txt2img", "--help"], ["batch", "--help"]])
 def test_listing_commands_import_nothing_heavy(args):
     code = (
         "import sys\n"
@@ -261,7 +261,7 @@ class _Twin:
 def test_only_process_0_prints_the_merged_summary(cli, tmp_path, monkeypatch, rank):
     import imagegen.batch
 
-    monkeypatch.setattr(imagegen.batch, "get_engine", lambda name=None: _Twin(rank).engine)
+    monkeypatch.setattr(imagegen.batch, "get_engine", lambda name=None, **options: _Twin(rank).engine)
     (tmp_path / "p.txt").write_text("a fox\n")
     for extra in (["--json"], []):
         result = cli("batch", tmp_path / "p.txt", "--preset", "demo", "--steps", "1", "--seed", "1", "--out",

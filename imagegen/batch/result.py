@@ -26,6 +26,10 @@ class BatchResult:
     rank: int = 0
     world: int = 1
     images: list[dict] = field(default_factory=list)  # every image of the plan with its file: see add_image
+    engine: str = "local"
+    workers: list[dict] = field(default_factory=list)  # the ray engine's: per worker, what it made and how fast
+    retries: int = 0  # micro-batches made again after their worker was lost
+    driver_cpu_s: float = 0.0  # CPU time of this process (all its threads) over the run
 
     def add_image(self, item, path: Path, status: str) -> None:
         """Record an image that has its file: "written" now, "skipped" (already done) or "adopted" (crash orphan)."""
@@ -59,6 +63,10 @@ class BatchResult:
             "failures": self.failures,
             "images": sorted(self.images, key=lambda i: i["index"]),
             "process": {"rank": self.rank, "world": self.world},
+            "engine": self.engine,
+            "workers": self.workers,
+            "retries": self.retries,
+            "driver_cpu_s": round(self.driver_cpu_s, 3),
         }
 
     @classmethod
@@ -76,6 +84,7 @@ class BatchResult:
         merged.batch_size = " / ".join(sizes) or first.batch_size
         merged.failures = [f for r in results for f in r.failures]
         merged.images = [i for r in results for i in r.images]
+        merged.engine, merged.driver_cpu_s = first.engine, sum(r.driver_cpu_s for r in results)
         merged.interrupted = any(r.interrupted for r in results)
         warmups = [r.compile_warmup_s for r in results if r.compile_warmup_s is not None]
         merged.compile_warmup_s = max(warmups) if warmups else None

@@ -53,7 +53,7 @@ def run_batch(plan: BatchPlan, *, batch_size: int | None = None, fail_fast: bool
     """Make every pending image of the plan; returns counts even when interrupted (first Ctrl-C)."""
     progress = progress or NullBatchProgress()
     engine = engine or get_engine()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     result = BatchResult(out_dir=plan.out_dir, total=0, invalid=len(plan.invalid), rank=engine.rank,
                          world=engine.world)
     for message in plan.invalid:
@@ -73,6 +73,10 @@ def run_batch(plan: BatchPlan, *, batch_size: int | None = None, fail_fast: bool
     finally:
         manifest.close()
         result.wall_s = time.perf_counter() - started
+        result.driver_cpu_s = time.process_time() - cpu
+        result.engine = engine.name
+        extra = engine.summary()
+        result.workers, result.retries = extra.get("workers", []), extra.get("retries", 0)
     if result.interrupted and result.remaining == 0:
         result.interrupted = False  # Ctrl-C came during the last micro-batch: everything is done
     return result
@@ -93,7 +97,7 @@ def _resume(plan: BatchPlan, engine: Engine, manifest: ManifestWriter, result: B
     manifest.append({"type": "run", "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                      "source": source_path(plan.source, mode, plan.out_dir),
                      "base_seed": plan.base_seed, "images": len(plan.images), "rank": engine.rank,
-                     "world": engine.world, "imagegen": lib_versions.get("imagegen")})
+                     "world": engine.world, "engine": engine.name, "imagegen": lib_versions.get("imagegen")})
     if engine.rank == 0:
         for item, png in resume.done:
             result.add_image(item, png, "skipped")
@@ -143,7 +147,6 @@ class _Runner:
     def run(self, pending: list[PlannedImage], stop: _Stop, engine: Engine) -> None:
         if not pending:
             return
-        self.progress.start(total=len(pending))
         plan = self.plan
         info = RunInfo(source=plan.source, images=len(plan.images), base_seed=plan.base_seed,
                        out_dir=str(plan.out_dir.resolve()))
@@ -151,7 +154,8 @@ class _Runner:
                     fail_fast=self.fail_fast)
         groups = _groups(pending)
         self.compiled = any(group[0].req.compile != "none" for group in groups)
-        made = engine.produce(groups, work, stop)
+        made = engine.produce(groups, work, stop)  # an engine with workers starts them here
+        self.progress.start(total=len(pending))
         try:
             for batch in made:
                 self._take(batch)

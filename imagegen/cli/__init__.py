@@ -58,6 +58,7 @@ def _run(command, argv: list[str], debug: bool) -> int:
             import traceback
 
             traceback.print_exc()
+            sys.stderr.write(getattr(exc, "remote_traceback", ""))  # where a worker's error really happened
         for detail in getattr(exc, "details", ()):  # e.g. every invalid line of a prompt file, one per line
             sys.stderr.write(f"{_one_line(detail)}\n")
         label = "imagegen: " if exc.exit_code == 130 else "imagegen: error: "

@@ -122,7 +122,9 @@ def batch(
     restart: Annotated[bool, typer.Option("--restart", metavar="", help="Start over in a new folder (OUT-2, OUT-3, ...) instead of resuming; nothing is overwritten.", rich_help_panel="Batch")] = False,
     fail_fast: Annotated[bool, typer.Option("--fail-fast", metavar="", help="Stop at the first failed job (default: record it and go on; exit code 3).", rich_help_panel="Batch")] = False,
     max_images: Annotated[Optional[int], typer.Option("--max-images", min=1, metavar="INT", help="Refuse a batch that would make more images than this, before planning them (default 100000; a plan holds every image before any is made).", rich_help_panel="Batch")] = None,
-    engine: Annotated[Optional[str], typer.Option("--engine", metavar="TEXT", help="Where the images are made: local (this process), accelerate (the processes of `accelerate launch`), or auto (the default: accelerate under a multi-process launcher, else local; IMAGEGEN_ENGINE overrides auto).", rich_help_panel="Batch")] = None,
+    engine: Annotated[Optional[str], typer.Option("--engine", metavar="TEXT", help="Where the images are made: local (this process), accelerate (the processes of `accelerate launch`), ray (Ray workers on a local Ray or a cluster; pip install \"imagegen\\[ray]\"), or auto (the default: accelerate under a multi-process launcher, else local; IMAGEGEN_ENGINE overrides auto).", rich_help_panel="Batch")] = None,
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", metavar="ADDRESS", help="--engine ray: the cluster to join (HOST:6379 of `ray start --head`, ray://HOST:10001, or auto for the one started on this machine). Default: RAY_ADDRESS, else a local Ray started for this batch.", rich_help_panel="Batch")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", min=1, metavar="INT", help="--engine ray: how many workers. Default: one per GPU of the cluster; on a cluster without GPUs, 1 (CPU workers share the CPUs).", rich_help_panel="Batch")] = None,
     quiet: Quiet = False, json_: Json = False, debug: Debug = False, **fields,
 ) -> None:
     """Generate every prompt of a file: validated first, resumable, crash-safe (flags are every line's defaults)."""
@@ -136,7 +138,7 @@ def batch(
     except ValueError as exc:
         raise UsageError(f"--seed: {exc}") from None
     size_arg = _batch_size(batch_size)
-    runner = get_engine(engine)
+    runner = get_engine(engine, ray_address=ray_address, workers=workers)
     limit = {"max_images": max_images} if max_images is not None else {}
     plan = prepare(file, flags(fields), base_seed=base_seed, fmt=format_, expand=expand, skip_invalid=skip_invalid,
                    restart=restart, engine=runner, **limit)
@@ -168,7 +170,10 @@ def _batch_summary(result) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"batch {result.out_dir}" + (f" ({result.world} processes)" if result.world > 1 else ""))
+    where = f" ({result.world} processes)" if result.world > 1 else ""
+    if result.workers:
+        where = f" ({result.engine}, {len(result.workers)} workers)"
+    table = Table(title=f"batch {result.out_dir}{where}")
     table.caption = "skipped: already done, verified by sha256"
     for column in ("done", "skipped", "failed", "invalid", "wall", "img/s", "batch size"):
         table.add_column(column, justify="right")
@@ -178,10 +183,27 @@ def _batch_summary(result) -> None:
     )
     console = Console(stderr=True)
     console.print(table)
+    if result.workers:
+        console.print(_workers_table(result))
     if result.compile_warmup_s is not None:
         console.print(f"compile warm-up: {result.compile_warmup_s:.1f} s", highlight=False)
     for failure in result.failures[:20]:
         console.print(f"[red]failed[/] line {failure['line']}: {failure['error']}", highlight=False, markup=False)
+
+
+def _workers_table(result):
+    """Per worker of a distributed engine: what it made, how fast while busy, and micro-batches lost with it."""
+    from rich.table import Table
+
+    table = Table(title="workers")
+    table.caption = (f"{result.retries} micro-batch{'es' if result.retries != 1 else ''} retried on another worker; "
+                     f"driver CPU {1000 * result.driver_cpu_s / max(1, result.done):.0f} ms per image written")
+    for column in ("worker", "device", "images", "busy", "img/s", "lost"):
+        table.add_column(column, justify="left" if column == "worker" else "right")
+    for worker in result.workers:
+        table.add_row(worker["worker"], worker["device"], str(worker["images"]), f"{worker['busy_s']:.1f} s",
+                      f"{worker['images_per_s']:.2f}", str(worker["lost"]))
+    return table
 
 
 # The axes replace --scheduler, --steps, --cfg and --strength; every cell is one image, named by its axis values.

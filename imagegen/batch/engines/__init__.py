@@ -1,6 +1,7 @@
 """Batch engines: where a batch's images are made. Planning, seeds, the manifest and the writer do not know which
 engine runs; an engine shares out the work, makes its micro-batches (here, or on workers it starts) and hands back
-each one's outcomes for the run to write.
+each one's outcomes for the run to write: `local` (this process), `accelerate` (the processes of `accelerate launch`),
+`ray` (Ray actors on a local Ray or a cluster; the optional extra imagegen[ray]).
 
 The engine is chosen in this order: the --engine flag, then IMAGEGEN_ENGINE, then auto: `accelerate` when the process
 was started by `accelerate launch` or torchrun (WORLD_SIZE > 1), else `local`."""
@@ -12,8 +13,9 @@ import os
 from ...errors import UsageError, closest
 from .accelerate import AccelerateEngine
 from .base import Engine, Work
+from .ray_engine import RayEngine
 
-ENGINES: dict[str, type[Engine]] = {"local": Engine, "accelerate": AccelerateEngine}
+ENGINES: dict[str, type[Engine]] = {"local": Engine, "accelerate": AccelerateEngine, "ray": RayEngine}
 
 
 def engine_name(name: str | None = None) -> str:
@@ -41,4 +43,4 @@ def get_engine(name: str | None = None, **options) -> Engine:
     return ENGINES[chosen](**given)
 
 
-__all__ = ["ENGINES", "AccelerateEngine", "Engine", "Work", "engine_name", "get_engine"]
+__all__ = ["ENGINES", "AccelerateEngine", "Engine", "RayEngine", "Work", "engine_name", "get_engine"]
