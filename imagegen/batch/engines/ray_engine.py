@@ -99,6 +99,8 @@ class RayEngine(Engine):
                 ray.init(address=self.address, **quiet)
             except (ConnectionError, RuntimeError, ValueError, OSError) as exc:
                 reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                if "Could not find any running Ray instance" in reason:  # auto: Ray's text names its own flags
+                    reason = "no Ray is running on this machine"
                 raise UsageError(f"{self.flag} {self.address}: cannot join a Ray cluster there ({reason}); start "
                                  f"one with `ray start --head`, or leave the flag out for a local Ray") from None
         return False

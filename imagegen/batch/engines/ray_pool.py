@@ -135,6 +135,8 @@ class Pool:
         if task.kind == "describe":
             actor.ready, actor.device = True, reply[1]["device"]
             actor.label = f"{reply[1]['host']}:{reply[1]['pid']}"
+            ready = sum(a.ready and a.alive for a in self.actors)
+            self.work.progress.current(f"{ready} Ray worker{'s' if ready != 1 else ''} ready")
         elif task.kind == "start":
             task.group.size = task.group.size or reply[1]
             self._notes(reply[2])
@@ -142,6 +144,7 @@ class Pool:
             made: Made = reply[1]
             made.worker = actor.label
             self._notes(made.notes)
+            self.work.progress.group([outcome.item for outcome in made.outcomes])  # the bar names the latest prompt
             actor.images += sum(1 for outcome in made.outcomes if outcome.error is None)
             actor.busy_s += made.seconds
             return made
