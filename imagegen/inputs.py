@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -93,12 +92,53 @@ def image_problem(exc: Exception) -> str:
     return f"not a readable image ({text})"
 
 
+# Input images' bytes by sha256, for a batch worker on another machine: the driver sends the ones each micro-batch
+# needs with it (inputs need no shared filesystem, like outputs), replacing the last micro-batch's.
+_CARRIED: dict[str, bytes] = {}
+
+
+def carry(files: dict[str, bytes]) -> None:
+    """Read these images (by sha256) from memory where their files are not here as they were checked."""
+    _CARRIED.clear()
+    _CARRIED.update(files)
+
+
+def bytes_of(image: InputImage) -> bytes | None:
+    """The file's bytes, if it is still the one that was checked (else None)."""
+    try:
+        data = Path(image.path).read_bytes()
+    except OSError:
+        return None
+    return data if hashlib.sha256(data).hexdigest() == image.sha256 else None
+
+
+def images_in(value, seen: set[int] | None = None) -> list[InputImage]:
+    """Every InputImage inside a value: a request's adapter specs (dataclasses, tuples, lists, dicts)."""
+    import dataclasses
+
+    seen = set() if seen is None else seen
+    if isinstance(value, InputImage):
+        return [value]
+    if id(value) in seen or isinstance(value, (str, bytes, int, float, type(None))):
+        return []
+    seen.add(id(value))
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        children = [getattr(value, f.name) for f in dataclasses.fields(value)]
+    elif isinstance(value, dict):
+        children = list(value.values())
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        children = list(value)
+    else:
+        return []
+    return [image for child in children for image in images_in(child, seen)]
+
+
 def load_rgb(image: InputImage):
     """The image as RGB pixels; refuses a file that changed since it was checked."""
     from PIL import Image
 
-    data = Path(image.path).read_bytes() if os.path.exists(image.path) else None
-    if data is None or hashlib.sha256(data).hexdigest() != image.sha256:
+    data = bytes_of(image) or _CARRIED.get(image.sha256)
+    if data is None:
         raise UsageError(f"{image.path}: changed or removed since it was checked (sha256 {image.sha256[:12]}...)")
     import io
 

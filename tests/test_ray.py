@@ -292,3 +292,31 @@ def test_ray_options_belong_to_the_ray_engine(cli, tmp_path):
     result = cli("batch", write(tmp_path / "p.txt", "a cat\n"), "--preset", "demo", "--workers", "2")
     assert result.code == 2
     assert result.err.strip() == "imagegen: error: --workers: only with --engine ray (this batch's engine is local)"
+
+
+def test_a_worker_on_another_host_gets_the_input_images_from_the_driver(cli, local_ray, tmp_path, monkeypatch):
+    """Inputs need no shared filesystem either: a worker whose host is not the driver's gets each micro-batch's
+    init images (masks, control maps, references) with it, and makes what the local engine makes."""
+    import imagegen.batch.engines.ray_pool as ray_pool
+
+    Image.new("RGB", (64, 64), (200, 40, 40)).save(tmp_path / "init.png")
+    lines = "".join(json.dumps({"prompt": f"a blue {s}", "image": "init.png", "strength": 0.6}) + "\n"
+                    for s in ("circle", "square", "star"))
+    prompts = write(tmp_path / "p.jsonl", lines)
+    common = ["--preset", "demo", "--steps", "6", "--seed", "3"]
+    assert cli("batch", prompts, *common, "--out", tmp_path / "local", "-q").code == 0
+
+    real, sent = ray_pool.bytes_of, []
+
+    def read_then_hide(image):  # the driver reads the file, then it is gone: the worker cannot read it itself
+        data = real(image)
+        if data is not None:
+            sent.append(image.sha256)
+            (tmp_path / "init.png").rename(tmp_path / "hidden.png")
+        return data if data is not None else real(type(image)(**{**image.__dict__, "path": str(tmp_path / "hidden.png")}))
+
+    monkeypatch.setattr(ray_pool.Pool, "here", "the-driver-host")
+    monkeypatch.setattr(ray_pool, "bytes_of", read_then_hide)
+    summary = _batch_json(cli, prompts, *common, "--engine", "ray", "--out", tmp_path / "ray")
+    assert summary["done"] == 3 and sent and not (tmp_path / "init.png").exists()
+    assert _pixels(tmp_path / "ray") == _pixels(tmp_path / "local") and len(_pixels(tmp_path / "local")) == 3

@@ -8,12 +8,14 @@ the next while the driver writes the last; it keeps to the group whose model it 
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from ...errors import RunError, WorkerError
+from ...inputs import bytes_of, images_in
 from ..make import Made, Outcome
 
 DEPTH = 2  # micro-batches in flight per worker: one running, one waiting, so a worker never waits on the driver
@@ -33,6 +35,7 @@ class _Actor:
     handle: Any
     number: int
     label: str = ""  # host:pid once it described itself
+    host: str = ""
     device: str = ""
     ready: bool = False
     alive: bool = True
@@ -54,6 +57,8 @@ class _Task:
 
 class Pool:
     """Worker actors making the groups' micro-batches; `run` yields each micro-batch as it comes back."""
+
+    here = socket.gethostname()  # a worker on another host gets its micro-batches' input images with them
 
     def __init__(self, ray, remote_class, actor_options: dict, count: int, work, stop, *, start_timeout: float,
                  threads: int | None = None):
@@ -106,10 +111,25 @@ class Pool:
             actor.key = group.key
             if group.size is None:
                 actor.starting = True
-                self._submit(actor, "start", actor.handle.start.remote(group.req, group.key), group)
+                files = self._files(actor, [group.req])
+                self._submit(actor, "start", actor.handle.start.remote(group.req, group.key, files), group)
                 return
             chunk = [group.items.popleft() for _ in range(min(group.size, len(group.items)))]
-            self._submit(actor, "make", actor.handle.make.remote(chunk, group.size, group.key), group, chunk)
+            files = self._files(actor, [item.req for item in chunk])
+            self._submit(actor, "make", actor.handle.make.remote(chunk, group.size, group.key, files), group, chunk)
+
+    def _files(self, actor: _Actor, reqs: list) -> dict[str, bytes]:
+        """The input images (init images, masks, control maps, references) of these requests, by sha256, for a
+        worker on another host: it may not have the files, and needs no shared filesystem for them."""
+        if actor.host == self.here:
+            return {}
+        files: dict[str, bytes] = {}
+        for image in (image for req in reqs for image in images_in(req.adapters)):
+            if image.sha256 not in files:
+                data = bytes_of(image)  # a file changed since planning is left out: the worker says so
+                if data is not None:
+                    files[image.sha256] = data
+        return files
 
     def _next_group(self, actor: _Actor) -> _Group | None:
         own = self.groups[actor.key] if actor.key is not None else None
@@ -134,7 +154,7 @@ class Pool:
                               error["traceback"])
         if task.kind == "describe":
             actor.ready, actor.device = True, reply[1]["device"]
-            actor.label = f"{reply[1]['host']}:{reply[1]['pid']}"
+            actor.label, actor.host = f"{reply[1]['host']}:{reply[1]['pid']}", reply[1]["host"]
             ready = sum(a.ready and a.alive for a in self.actors)
             self.work.progress.current(f"{ready} Ray worker{'s' if ready != 1 else ''} ready")
         elif task.kind == "start":

@@ -11,6 +11,7 @@ import os
 import socket
 import traceback
 
+from ...inputs import carry
 from ...progress import NullBatchProgress
 from ..make import Made, Maker, RunInfo
 
@@ -56,9 +57,11 @@ class Worker:
         except BaseException as exc:  # noqa: BLE001 - sent back to the driver as one line
             return _error(exc)
 
-    def start(self, req, key) -> tuple:
-        """Load (or reuse) the model of the group `key`, led by `req`; its micro-batch size."""
+    def start(self, req, key, files: dict | None = None) -> tuple:
+        """Load (or reuse) the model of the group `key`, led by `req`; its micro-batch size. `files`: input images
+        by sha256, sent by a driver on another host."""
         try:
+            carry(files or {})
             size = self.maker.start(req)
             self.key = key
             return "ok", size, self.progress.take()
@@ -66,9 +69,10 @@ class Worker:
             self.key = None
             return _error(exc)
 
-    def make(self, chunk: list, size: int, key) -> tuple:
+    def make(self, chunk: list, size: int, key, files: dict | None = None) -> tuple:
         """One micro-batch of group `key` (started first if this worker last ran another group)."""
         try:
+            carry(files or {})
             if key != self.key:
                 self.start_group(chunk[0].req, key)
             made: Made = self.maker.make(chunk, size)
