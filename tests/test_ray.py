@@ -320,3 +320,50 @@ def test_a_worker_on_another_host_gets_the_input_images_from_the_driver(cli, loc
     summary = _batch_json(cli, prompts, *common, "--engine", "ray", "--out", tmp_path / "ray")
     assert summary["done"] == 3 and sent and not (tmp_path / "init.png").exists()
     assert _pixels(tmp_path / "ray") == _pixels(tmp_path / "local") and len(_pixels(tmp_path / "local")) == 3
+
+
+class _FakeCluster:
+    """What RayEngine._placement asks of Ray: the cluster's resources and nodes."""
+
+    def __init__(self, nodes: list[dict]):
+        self._nodes = nodes
+
+    def cluster_resources(self) -> dict:
+        total: dict = {}
+        for node in self._nodes:
+            for key, value in node.items():
+                total[key] = total.get(key, 0) + value
+        return total
+
+    def nodes(self) -> list[dict]:
+        return [{"Alive": True, "Resources": node} for node in self._nodes]
+
+
+@pytest.mark.parametrize("nodes, workers, device, expected", [
+    ([{"CPU": 16, "GPU": 4}, {"CPU": 16, "GPU": 4}], None, "auto", (8, {"num_gpus": 1}, None)),  # one per GPU
+    ([{"CPU": 16, "GPU": 4}], 2, "auto", (2, {"num_gpus": 1}, None)),  # --workers: at most that many
+    ([{"CPU": 16, "GPU": 4}], None, "cpu", (1, {"num_cpus": 16}, 16)),  # --device cpu: CPU workers
+    ([{"CPU": 8}, {"CPU": 8}], None, "auto", (1, {"num_cpus": 8}, 8)),  # a worker's CPUs fit on one node
+    ([{"CPU": 8}, {"CPU": 8}], 4, "auto", (4, {"num_cpus": 4}, 4)),
+])
+def test_workers_are_placed_one_per_gpu_or_sharing_the_cpus(nodes, workers, device, expected):
+    from imagegen.batch.engines.ray_engine import RayEngine
+    from imagegen.request import Request
+    from imagegen.resolve import resolve
+
+    engine = RayEngine(workers=workers)
+    req = resolve(Request(prompt="a cat", preset="demo", device=device))
+    assert engine._placement(_FakeCluster(nodes), [req]) == expected
+
+
+def test_workers_that_cannot_start_are_one_line_after_the_wait(cli, local_ray, tmp_path, monkeypatch):
+    from imagegen.batch.engines.ray_engine import RayEngine
+
+    monkeypatch.setattr(RayEngine, "_placement", lambda self, ray, reqs: (1, {"num_cpus": 64}, 1))
+    monkeypatch.setenv("IMAGEGEN_RAY_START_TIMEOUT", "2")
+    result = cli("batch", write(tmp_path / "p.txt", "a cat\n"), "--preset", "demo", "--engine", "ray",
+                 "--out", tmp_path / "out")
+    assert result.code == 1
+    assert result.err.strip().splitlines()[-1] == (
+        "imagegen: error: no Ray worker started within 2 s: each asks for 64 CPU and the cluster has 2 CPU (lower "
+        "--workers, or add nodes; IMAGEGEN_RAY_START_TIMEOUT sets the wait)")
