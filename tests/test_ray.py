@@ -367,3 +367,26 @@ def test_workers_that_cannot_start_are_one_line_after_the_wait(cli, local_ray, t
     assert result.err.strip().splitlines()[-1] == (
         "imagegen: error: no Ray worker started within 2 s: each asks for 64 CPU and the cluster has 2 CPU (lower "
         "--workers, or add nodes; IMAGEGEN_RAY_START_TIMEOUT sets the wait)")
+
+
+def test_adapters_travel_to_the_workers_and_their_extras_come_back(cli, local_ray, tiny_models, tmp_path):
+    """ControlNet, IP-Adapter and LoRA lines on Ray make the local engine's images and control maps."""
+    from imagegen.testing import build_tiny_controlnet, build_tiny_ip_adapter, build_tiny_lora
+
+    net = build_tiny_controlnet(tmp_path / "cn", "sdxl")
+    ip = build_tiny_ip_adapter(tmp_path / "ip", "sdxl")
+    lora = build_tiny_lora(tmp_path / "style.safetensors", "sdxl")
+    edges = (Image.effect_noise((64, 64), 60).convert("RGB"))
+    edges.save(tmp_path / "map.png")
+    lines = [{"prompt": "plain", "lora": str(lora)},
+             {"prompt": "edges", "control": "canny:map.png", "n": 2},
+             {"prompt": "styled", "ip_adapter": "map.png", "ip_scale": 0.5}]
+    prompts = write(tmp_path / "p.jsonl", "".join(json.dumps(line) + "\n" for line in lines))
+    common = ["--model", tiny_models["sdxl"], "--size", "64x64", "--steps", "2", "--seed", "9", "--controlnet-model",
+              net, "--ip-adapter-model", ip, "--ip-adapter-weight", "ip-adapter.safetensors", "--image-encoder",
+              ip / "image_encoder"]
+    assert cli("batch", prompts, *common, "--out", tmp_path / "local", "-q").code == 0
+    summary = _batch_json(cli, prompts, *common, "--engine", "ray", "--workers", "2", "--out", tmp_path / "ray")
+    assert summary["done"] == 4
+    local, ray = _pixels(tmp_path / "local"), _pixels(tmp_path / "ray")
+    assert ray == local and len([name for name in local if name.endswith(".control.png")]) == 2
