@@ -52,7 +52,8 @@ def local_ray():
     import ray
 
     before = set(_ray_processes())
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.ERROR,
+             log_to_driver=False)  # "local": our own, even where a `ray start` cluster runs
     ours = set(_ray_processes()) - before
     assert ours, "ray.init started no processes?"
     yield ray

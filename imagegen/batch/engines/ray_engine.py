@@ -60,8 +60,9 @@ class RayEngine(Engine):
             self._disconnect()
             raise
         device = "GPU" if options.get("num_gpus") else "CPU"
-        work.progress.note(f"Ray: {count} {device} worker{'s' if count != 1 else ''} on "
-                           f"{self.address or 'a local Ray'}")
+        where = {None: "a local Ray started for this batch", "auto": "the Ray cluster running on this machine"}.get(
+            self.address, f"the Ray cluster at {self.address}")
+        work.progress.note(f"Ray: {count} {device} worker{'s' if count != 1 else ''} on {where}")
         timeout = float(os.environ.get("IMAGEGEN_RAY_START_TIMEOUT", "300"))
         pool = Pool(ray, ray.remote(Worker), options, count, work, stop, start_timeout=timeout, threads=threads)
         return self._run(pool, groups)
@@ -89,8 +90,8 @@ class RayEngine(Engine):
         if ray.is_initialized():
             return False
         quiet = {"logging_level": logging.ERROR, "log_to_driver": False}  # workers' output stays in Ray's logs
-        if not self.address:
-            ray.init(include_dashboard=False, **quiet)
+        if not self.address:  # "local": a new Ray of our own, not one a `ray start` left on this machine
+            ray.init(address="local", include_dashboard=False, **quiet)
             return True
         # Ray retries a silent address for minutes and its C++ client logs each try: bounded and kept off the
         # terminal here, so a wrong address is the one line below.
