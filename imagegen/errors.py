@@ -62,6 +62,12 @@ class VerifyError(ImagegenError):
     exit_code = 4
 
 
+def first_line(exc: BaseException, default: str = "") -> str:
+    """The first line of an exception's message (`default` when it has none): how a library's error joins ours."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else default
+
+
 def closest(name: str, choices) -> str:
     """A ' (did you mean X?)' suffix for the closest choice, or ''."""
     import difflib

@@ -11,7 +11,7 @@ import socket
 import tempfile
 from typing import Iterator
 
-from ...errors import UsageError
+from ...errors import UsageError, first_line
 from ...runtime import LoadOptions, check_device
 from ..make import Made
 from .base import Engine, Work
@@ -99,7 +99,7 @@ class RayEngine(Engine):
             try:
                 ray.init(address=self.address, **quiet)
             except (ConnectionError, RuntimeError, ValueError, OSError) as exc:
-                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                reason = first_line(exc, type(exc).__name__)
                 if "Could not find any running Ray instance" in reason:  # auto: Ray's text names its own flags
                     reason = "no Ray is running on this machine"
                 raise UsageError(f"{self.flag} {self.address}: cannot join a Ray cluster there ({reason}); start "

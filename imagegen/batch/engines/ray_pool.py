@@ -14,7 +14,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from ...errors import RunError, WorkerError
+from ...errors import RunError, WorkerError, first_line
 from ...inputs import bytes_of, images_in
 from ..make import Made, Outcome
 
@@ -145,7 +145,7 @@ class Pool:
         try:
             reply = self.ray.get(ref)
         except self.ray.exceptions.RayTaskError as exc:  # our worker code failed outside its own error handling
-            raise WorkerError(f"Ray worker {actor.label or actor.number}: {str(exc).splitlines()[0]}") from None
+            raise WorkerError(f"Ray worker {actor.label or actor.number}: {first_line(exc)}") from None
         except self.ray.exceptions.RayError as exc:  # the worker died (killed, out of memory, node lost)
             return self._lost(actor, task, exc)
         if reply[0] == "error":
@@ -174,7 +174,7 @@ class Pool:
         """A worker died: its micro-batches go back to the front of the queue (a replacement worker is started)."""
         if actor.alive:
             actor.alive = False
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            reason = first_line(exc)
             self.last_loss = f"{type(exc).__name__}: {reason[:160]}"
             self._note(f"Ray worker {actor.label or actor.number} was lost ({self.last_loss}); its work goes to the "
                        f"other workers")

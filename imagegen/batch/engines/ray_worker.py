@@ -11,6 +11,7 @@ import os
 import socket
 import traceback
 
+from ...errors import first_line
 from ...inputs import carry
 from ...progress import NullBatchProgress
 from ..make import Made, Maker, RunInfo
@@ -62,11 +63,8 @@ class Worker:
         by sha256, sent by a driver on another host."""
         try:
             carry(files or {})
-            size = self.maker.start(req)
-            self.key = key
-            return "ok", size, self.progress.take()
+            return "ok", self.start_group(req, key), self.progress.take()
         except BaseException as exc:  # noqa: BLE001
-            self.key = None
             return _error(exc)
 
     def make(self, chunk: list, size: int, key, files: dict | None = None) -> tuple:
@@ -81,15 +79,17 @@ class Worker:
         except BaseException as exc:  # noqa: BLE001
             return _error(exc)
 
-    def start_group(self, req, key) -> None:
+    def start_group(self, req, key) -> int:
+        """The group's model loaded and scheduler set (no group is set if that fails); its micro-batch size."""
         self.key = None
-        self.maker.start(req)
+        size = self.maker.start(req)
         self.key = key
+        return size
 
 
 def _error(exc: BaseException) -> tuple:
     """An error as the driver raises it again: its class's exit code, one line, and the traceback for --debug."""
-    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    message = first_line(exc, type(exc).__name__)
     ours = type(exc).__module__.startswith("imagegen")
     text = message if ours else f"{type(exc).__name__}: {message}"
     return "error", {"message": text, "exit_code": getattr(exc, "exit_code", 1), "host": socket.gethostname(),
